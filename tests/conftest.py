@@ -1,0 +1,88 @@
+"""Shared fixtures: real speech, free ports, a real Mosquitto per test."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+AUDIO_DIR = (REPO.parent / "shared" / "audio").resolve()
+
+
+def reference_texts() -> dict[str, str]:
+    with (AUDIO_DIR / "transcripts.tsv").open(encoding="utf-8") as fh:
+        return {row["file"]: row["text"] for row in csv.DictReader(fh, delimiter="\t")}
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words without punctuation, for comparing transcripts."""
+    cleaned = "".join(c.lower() if c.isalnum() or c == "'" else " " for c in text)
+    return cleaned.split()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_port(port: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+@dataclass
+class Broker:
+    port: int
+    conf: Path
+    proc: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def start(self) -> None:
+        """(Re)start on the same port, e.g. after a simulated broker reboot."""
+        self.stop()
+        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+
+def start_broker(tmp: Path, extra: str = "") -> Broker:
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    port = free_port()
+    conf = tmp / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+                    f"persistence false\n{extra}")
+    proc = subprocess.Popen([exe, "-c", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return Broker(port, conf, proc)
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    b = start_broker(tmp_path)
+    yield b
+    b.stop()
