@@ -1,0 +1,119 @@
+"""Wires capture → convert → buffer → uplink → publish into one TaskGroup.
+
+Shutdown is ordered and bounded: capture stops first, the uplink flushes and waits
+for the last transcript (uplink.final_timeout_s), the publisher drains its outbox
+(SHUTDOWN_PUBLISH_S) and says `offline`, then the helpers are cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+
+from . import config
+from .capture import CaptureStats, frames
+from .config import Settings
+from .notify import Notifier, status_line
+from .outbox import Outbox
+from .protocol import ClientCore
+from .publish import Publisher
+from .ring import Ring
+from .uplink import Uplink
+
+log = logging.getLogger("roomscribe")
+
+SHUTDOWN_PUBLISH_S = 5.0
+STATE_INTERVAL_S = 5.0
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        up = settings.uplink
+        self.ring = Ring(settings.buffer.seconds)
+        self.core = ClientCore(
+            self.ring, model=up.model, chunk_samples=up.chunk_ms * 16,
+            min_silence_ms=up.vad.min_silence_duration_ms, pad_ms=up.vad.speech_pad_ms,
+        )
+        state = config.state_dir(settings)
+        state.mkdir(parents=True, exist_ok=True)
+        self.publisher = Publisher(settings, Outbox(state / "outbox.sqlite3"),
+                                   config.mqtt_password(settings))
+        partial = self.publisher.partial if settings.mqtt.publish_partials else None
+        self.uplink = Uplink(up, self.core, config.api_key(settings),
+                             on_transcript=self.publisher.submit,
+                             on_partial=partial or (lambda _t: None),
+                             on_status=self._uplink_status)
+        self.capture_stats = CaptureStats()
+        self.notifier = Notifier.from_env()
+        self.started = time.monotonic()
+        self._stop = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def _uplink_status(self, connected: bool, error: str) -> None:
+        self._report()
+
+    def _report(self) -> None:
+        ring, cap, up = self.ring, self.capture_stats, self.uplink
+        last_error = up.last_error or cap.last_error
+        self.publisher.update_state(
+            uplink_connected=up.connected,
+            buffered_s=round(ring.held_s, 1),
+            dropped_s=round(ring.dropped_samples / 16000, 1),
+            overruns=cap.overruns,
+            last_error=last_error,
+            uptime_s=round(time.monotonic() - self.started),
+        )
+        self.notifier.status(status_line(up.connected, ring.held_s, last_error))
+
+    async def _capture(self) -> None:
+        async for frame in frames(self.settings.capture, self.capture_stats):
+            self.ring.append(frame)
+            self.notifier.frame_arrived(time.monotonic())
+            self.uplink.audio_arrived()
+        log.info("capture: end of input")
+        self._stop.set()
+
+    async def _state(self) -> None:
+        while True:
+            self._report()
+            await asyncio.sleep(STATE_INTERVAL_S)
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            capture = tg.create_task(self._capture(), name="capture")
+            uplink = tg.create_task(self.uplink.run(), name="uplink")
+            publish = tg.create_task(self.publisher.run(), name="publish")
+            helpers = [tg.create_task(self._state(), name="state"),
+                       tg.create_task(self.notifier.run_watchdog(), name="watchdog")]
+            self.notifier.ready()
+            log.info("roomscribe %s: capturing from %s, sending to %s",
+                     self.settings.device.id, self.settings.capture.source,
+                     self.settings.uplink.url.split("?")[0])
+            await self._stop.wait()
+            self.notifier.stopping()
+            capture.cancel()
+            self.uplink.stop()
+            bound = self.settings.uplink.final_timeout_s + 2.0
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(bound):
+                    await asyncio.shield(uplink)
+            uplink.cancel()
+            self._report()
+            await self.publisher.close(SHUTDOWN_PUBLISH_S)
+            publish.cancel()
+            for task in helpers:
+                task.cancel()
+
+
+async def serve_forever(settings: Settings) -> None:
+    daemon = Daemon(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.request_stop)
+    await daemon.run()

@@ -1,0 +1,117 @@
+"""Command line: `roomscribe run | check | devices | level | serve`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from . import __version__, config, logs
+from .config import ConfigError, Settings
+
+
+def _settings(path: str | None) -> Settings:
+    return config.load(path)
+
+
+def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
+    from .app import serve_forever
+
+    config.api_key(settings)  # fail early, in one line, when a needed key is missing
+    asyncio.run(serve_forever(settings))
+    return 0
+
+
+def _masked(settings: Settings) -> dict[str, Any]:
+    data = config.as_dict(settings)
+    data["uplink"]["api_key"] = config.mask(config.api_key(settings))
+    data["mqtt"]["password"] = config.mask(config.mqtt_password(settings))
+    data["server"]["tokens"] = [config.mask(t) for t in settings.server.tokens]
+    data["state"]["effective_dir"] = str(config.state_dir(settings))
+    return data
+
+
+def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    print(f"{settings.source_path or '(built-in defaults)'}: OK")
+    print(json.dumps(_masked(settings), indent=2))
+    if args.connect:
+        from .doctor import check_connect
+
+        return check_connect(settings)
+    return 0
+
+
+def cmd_devices(_settings: Settings, _args: argparse.Namespace) -> int:
+    from .capture import list_devices
+
+    devices = list_devices()
+    if not devices:
+        print("no ALSA capture devices found")
+        return 1
+    for dev in devices:
+        print(dev.describe())
+    return 0
+
+
+def cmd_level(settings: Settings, args: argparse.Namespace) -> int:
+    from .level import run_level
+
+    asyncio.run(run_level(settings.capture, duration_s=args.seconds))
+    return 0
+
+
+def cmd_serve(_settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        from .server.__main__ import main as serve_main
+    except ImportError as exc:
+        print(f"roomscribe serve needs the server extra (pip install 'roomscribe[server]'): "
+              f"{exc}", file=sys.stderr)
+        return 2
+    argv = args.rest
+    if args.config:
+        argv = ["--config", args.config, *argv]
+    return serve_main(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="roomscribe", description="Room microphone → realtime transcription → MQTT")
+    parser.add_argument("--version", action="version", version=f"roomscribe {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", "-c", metavar="PATH",
+                       help="TOML config file (default: built-in defaults)")
+        return p
+
+    add("run", "capture, transcribe and publish until stopped").set_defaults(func=cmd_run)
+    check = add("check", "validate the config and print the effective settings")
+    check.add_argument("--connect", action="store_true",
+                       help="also try the microphone, the transcription server and the broker")
+    check.set_defaults(func=cmd_check)
+    add("devices", "list ALSA capture devices and what they accept").set_defaults(
+        func=cmd_devices)
+    level = add("level", "live input meter for setting the microphone gain")
+    level.add_argument("--seconds", type=float, default=None, help="stop after this long")
+    level.set_defaults(func=cmd_level)
+    serve = add("serve", "run the self-hosted realtime transcription server")
+    serve.add_argument("rest", nargs=argparse.REMAINDER, help="--host H --port P")
+    serve.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = _settings(args.config)
+        logs.setup(settings.log.level)
+        result: int = args.func(settings, args)
+        return result
+    except ConfigError as exc:
+        print(f"roomscribe: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0

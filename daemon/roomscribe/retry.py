@@ -1,0 +1,80 @@
+"""The one place that decides retry-or-give-up for the uplink.
+
+Everything the uplink can fail with passes through `classify`; the reconnect loop only
+asks it. A wrong key or model stays wrong, so those are retried slowly and loudly;
+network trouble is retried with capped, fully jittered exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import socket
+import ssl
+
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+
+class Verdict(enum.Enum):
+    TRANSIENT = "transient"  # network, server restart, overload: back off and retry
+    SLOW = "slow"  # auth or model rejected: retry after minutes, report it
+    FATAL = "fatal"  # our own bug or misuse: let it propagate
+
+
+class UplinkError(Exception):
+    """A condition the uplink raises itself, with its verdict attached."""
+
+    def __init__(self, message: str, verdict: Verdict = Verdict.TRANSIENT) -> None:
+        super().__init__(message)
+        self.verdict = verdict
+
+
+# Server error codes (handshake body or `error` event) that no retry will fix soon.
+SLOW_CODES = frozenset({
+    "invalid_api_key", "missing_api_key", "model_not_available", "invalid_model",
+    "unsupported_audio_format", "insufficient_quota", "account_deactivated",
+})
+
+
+def _status_code(exc: InvalidStatus) -> tuple[int, str]:
+    response = exc.response
+    code = ""
+    try:
+        body = json.loads(response.body or b"{}")
+        err = body.get("error", body) if isinstance(body, dict) else {}
+        if isinstance(err, dict):
+            code = str(err.get("code") or err.get("type") or "")
+    except (ValueError, AttributeError):
+        pass
+    return response.status_code, code
+
+
+def classify(exc: BaseException) -> Verdict:
+    if isinstance(exc, UplinkError):
+        return exc.verdict
+    if isinstance(exc, InvalidStatus):
+        status, code = _status_code(exc)
+        if code in SLOW_CODES or status in (400, 401, 403, 404):
+            return Verdict.SLOW
+        return Verdict.TRANSIENT  # 429, 5xx, proxies
+    if isinstance(exc, InvalidHandshake | ConnectionClosed | OSError | EOFError |
+                  asyncio.TimeoutError | TimeoutError | ssl.SSLError | socket.gaierror):
+        return Verdict.TRANSIENT
+    return Verdict.FATAL
+
+
+def describe(exc: BaseException) -> str:
+    """One line for the log and the state topic; never includes request headers."""
+    if isinstance(exc, InvalidStatus):
+        status, code = _status_code(exc)
+        return f"server refused the connection: HTTP {status}{' ' + code if code else ''}"
+    if isinstance(exc, ConnectionClosed):
+        rcvd = exc.rcvd
+        if rcvd is not None:
+            return f"connection closed by server: code {rcvd.code} {rcvd.reason}".strip()
+        return "connection lost"
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return "timed out"
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]

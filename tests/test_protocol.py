@@ -1,0 +1,173 @@
+"""The client protocol core with no sockets: events in, frames and transcripts out."""
+
+from __future__ import annotations
+
+import base64
+import json
+from urllib.parse import parse_qs, urlsplit
+
+from roomscribe.audio import Frame
+from roomscribe.config import UplinkSettings, VadSettings
+from roomscribe.protocol import ClientCore, Partial, Ready, ServerError, connect_url, headers
+from roomscribe.ring import Ring
+from roomscribe.transcript import Transcript
+
+T0 = 1_700_000_000.0
+
+
+def core_with_audio(seconds: float, chunk: int = 4096) -> ClientCore:
+    ring = Ring(600)
+    ring.append(Frame(b"\x01\x00" * int(seconds * 16000), captured_at=T0))
+    return ClientCore(ring, model="openai/whisper-large-v3", chunk_samples=chunk)
+
+
+def ev(kind: str, **fields: object) -> str:
+    return json.dumps({"type": kind, **fields})
+
+
+def created(core: ClientCore, now: float = 0.0) -> None:
+    core.connection_made(now)
+    assert core.receive(ev("session.created", session={"id": "sess_1"}), now) == [
+        Ready("sess_1")]
+
+
+def drain(core: ClientCore, now: float = 0.0, flush: bool = False) -> list[bytes]:
+    sent = []
+    while (frame := core.next_append(now, flush)) is not None:
+        event = json.loads(frame)
+        assert event["type"] == "input_audio_buffer.append"
+        sent.append(base64.b64decode(event["audio"]))
+    return sent
+
+
+def test_connect_url_and_headers() -> None:
+    settings = UplinkSettings(url="wss://api.together.ai/v1/realtime",
+                              vad=VadSettings(send=True, min_silence_duration_ms=700))
+    url = urlsplit(connect_url(settings))
+    query = parse_qs(url.query)
+    assert url.path == "/v1/realtime"
+    assert query["model"] == ["openai/whisper-large-v3"]
+    assert query["input_audio_format"] == ["pcm_s16le_16000"]
+    assert query["turn_detection"] == ["server_vad"]
+    assert query["min_silence_duration_ms"] == ["700"]
+    assert headers("k") == {"OpenAI-Beta": "realtime=v1", "Authorization": "Bearer k"}
+
+
+def test_no_audio_before_session_created_then_chunks_of_4096() -> None:
+    core = core_with_audio(1.0)
+    core.connection_made(0.0)
+    assert core.next_append(0.0) is None
+    created(core)
+    chunks = drain(core)
+    assert [len(c) for c in chunks] == [8192] * 3  # 16000 samples = 3 whole chunks
+    assert [len(c) for c in drain(core, flush=True)] == [(16000 - 3 * 4096) * 2]
+
+
+def test_transcript_times_come_from_reported_ranges_and_release_the_ring() -> None:
+    core = core_with_audio(6.0)
+    created(core)
+    drain(core, flush=True)
+    core.receive(ev("input_audio_buffer.speech_started", item_id="i1", audio_start_ms=1000), 1)
+    core.receive(ev("input_audio_buffer.speech_stopped", item_id="i1", audio_end_ms=3250), 2)
+    assert core.receive(ev("conversation.item.input_audio_transcription.delta",
+                           item_id="i1", delta="hello"), 2) == [Partial("hello", "i1")]
+    out = core.receive(ev("conversation.item.input_audio_transcription.completed",
+                          item_id="i1", transcript=" Hello there. "), 3)
+    assert len(out) == 1 and isinstance(out[0], Transcript)
+    t = out[0]
+    assert t.text == "Hello there." and t.session_id == "sess_1" and t.item_id == "i1"
+    assert t.captured_start == T0 + 1.0 and t.captured_end == T0 + 3.25
+    assert not t.replayed
+    assert core.ring.start == 3250 * 16
+
+
+def test_replay_after_outage_resends_unsettled_audio_and_maps_times() -> None:
+    core = core_with_audio(4.0)
+    created(core)
+    drain(core, flush=True)
+    core.receive(ev("input_audio_buffer.speech_started", item_id="a", audio_start_ms=500), 1)
+    core.connection_lost()  # dropped before the transcript came
+    assert core.ring.start == 0  # nothing was settled, so everything is kept
+    core.ring.append(Frame(b"\x02\x00" * 16000, captured_at=T0 + 4.0))  # said offline
+    created(core, now=10.0)
+    resent = b"".join(drain(core, 10.0, flush=True))
+    assert len(resent) == 5 * 16000 * 2  # the 4 s sent before plus 1 s captured offline
+    core.receive(ev("input_audio_buffer.speech_started", item_id="b", audio_start_ms=500), 11)
+    core.receive(ev("input_audio_buffer.speech_stopped", item_id="b", audio_end_ms=4500), 11)
+    (t,) = core.receive(ev("conversation.item.input_audio_transcription.completed",
+                           item_id="b", transcript="late words"), 12)
+    assert isinstance(t, Transcript)
+    assert t.replayed and t.captured_start == T0 + 0.5 and t.captured_end == T0 + 4.5
+
+
+def test_second_session_maps_times_from_its_own_base() -> None:
+    core = core_with_audio(3.0)
+    created(core)
+    drain(core, flush=True)
+    core.receive(ev("input_audio_buffer.speech_stopped", item_id="x", audio_end_ms=2000), 1)
+    core.receive(ev("conversation.item.input_audio_transcription.completed",
+                    item_id="x", transcript="one"), 1)
+    core.connection_lost()
+    created(core, now=5.0)  # new session: its sample 0 is ring sample 32000
+    core.receive(ev("input_audio_buffer.speech_stopped", item_id="y", audio_end_ms=500), 6)
+    (t,) = core.receive(ev("conversation.item.input_audio_transcription.completed",
+                           item_id="y", transcript="two"), 6)
+    assert isinstance(t, Transcript) and t.captured_end == T0 + 2.5
+
+
+def test_server_without_ranges_releases_conservatively() -> None:
+    core = core_with_audio(10.0)
+    created(core)
+    drain(core, flush=True)
+    core.receive(ev("conversation.item.input_audio_transcription.delta", delta="ask"), 1)
+    (t,) = core.receive(ev("conversation.item.input_audio_transcription.completed",
+                           transcript="ask not"), 2)
+    assert isinstance(t, Transcript)
+    # sent 10 s; released 10 - (0.5 silence + 0.25 pad + 1 margin) = 8.25 s
+    assert core.ring.start == int(8.25 * 16000)
+
+
+def test_silence_settles_after_settle_s_but_not_while_a_segment_is_open() -> None:
+    core = core_with_audio(2.0)
+    core.settle_s = 20.0
+    created(core)
+    drain(core, now=0.0, flush=True)
+    core.tick(10.0)
+    assert core.ring.start == 0
+    core.tick(25.0)
+    assert core.ring.start == 32000
+    core.ring.append(Frame(b"\x00\x00" * 16000, captured_at=T0 + 2))
+    drain(core, now=30.0, flush=True)
+    core.receive(ev("input_audio_buffer.speech_started", item_id="s", audio_start_ms=2100), 31)
+    core.tick(60.0)
+    assert core.ring.start == 2100 * 16  # silence before the open segment only
+
+
+def test_errors_both_shapes_malformed_and_unknown_events() -> None:
+    core = core_with_audio(1.0)
+    created(core)
+    assert core.receive(ev("error", error={"code": "invalid_api_key", "message": "bad"}), 1) \
+        == [ServerError("invalid_api_key", "bad")]
+    assert core.receive(ev("error", message="overloaded"), 1) == [ServerError("error",
+                                                                              "overloaded")]
+    assert core.receive("not json{", 1)[0].malformed
+    assert core.receive(json.dumps([1, 2]), 1)[0].malformed
+    bad = core.receive(ev("input_audio_buffer.speech_started", audio_start_ms="x"), 1)
+    assert bad[0].malformed
+    assert core.receive(ev("conversation.item.created", item={}), 1) == []
+    failed = core.receive(ev("conversation.item.input_audio_transcription.failed",
+                             item_id="q", error={"message": "boom", "code": "asr"}), 1)
+    assert failed == [ServerError("asr", "boom")]
+
+
+def test_manual_commit_covers_everything_sent() -> None:
+    core = core_with_audio(2.0)
+    created(core)
+    drain(core, flush=True)
+    json.loads(core.commit())
+    core.receive(ev("input_audio_buffer.committed", item_id="m", previous_item_id=None), 1)
+    assert core.segment_open
+    (t,) = core.receive(ev("conversation.item.input_audio_transcription.completed",
+                           item_id="m", transcript="all of it"), 2)
+    assert isinstance(t, Transcript) and t.captured_end == T0 + 2.0
+    assert not core.segment_open and core.ring.start == 32000
