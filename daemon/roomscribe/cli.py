@@ -62,6 +62,13 @@ def cmd_level(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_listen(settings: Settings, args: argparse.Namespace) -> int:
+    from .listen import listen
+
+    return listen(settings, config.mqtt_password(settings), count=args.count,
+                  timeout_s=args.seconds)
+
+
 def cmd_serve(_settings: Settings, args: argparse.Namespace) -> int:
     try:
         from .server.__main__ import main as serve_main
@@ -97,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     level = add("level", "live input meter for setting the microphone gain")
     level.add_argument("--seconds", type=float, default=None, help="stop after this long")
     level.set_defaults(func=cmd_level)
+    listen = add("listen", "print transcripts from the broker as they arrive")
+    listen.add_argument("--count", type=int, default=None, help="stop after N transcripts")
+    listen.add_argument("--seconds", type=float, default=None, help="stop after this long")
+    listen.set_defaults(func=cmd_listen)
     serve = add("serve", "run the self-hosted realtime transcription server")
     serve.add_argument("rest", nargs=argparse.REMAINDER, help="--host H --port P")
     serve.set_defaults(func=cmd_serve)
