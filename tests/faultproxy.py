@@ -1,0 +1,91 @@
+"""A TCP proxy the fault tests put between the daemon and a real peer.
+
+The fault is the point here, so this is the one fake in the suite: it forwards bytes
+both ways until told to `cut()` every connection (a server crash as the client sees
+it), to `blackhole()` (sockets stay open, no byte moves either way: Wi-Fi gone with
+nothing closed), or to `refuse()` new connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Coroutine
+from typing import Any
+
+from conftest import free_port
+
+
+class FaultProxy:
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.mode = "pass"  # "pass" | "blackhole" | "refuse"
+        self.connections = 0
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="faultproxy", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(5):
+            raise RuntimeError("fault proxy did not start")
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(
+            asyncio.start_server(self._client, "127.0.0.1", self.port))
+        self._ready.set()
+        self._loop.run_forever()
+        server.close()
+
+    def _call(self, coro: Coroutine[Any, Any, None]) -> None:
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result(5)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.mode == "refuse":
+            writer.close()
+            return
+        self.connections += 1
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_writer}
+        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer),
+                             return_exceptions=True)
+        for w in (writer, up_writer):
+            self._writers.discard(w)
+            w.close()
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            if self.mode == "blackhole":
+                continue  # swallowed: the peer never hears of it
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def _cut(self) -> None:
+        for w in list(self._writers):
+            with contextlib.suppress(Exception):
+                w.transport.abort()
+        self._writers.clear()
+
+    def cut(self) -> None:
+        self._call(self._cut())
+
+    def blackhole(self) -> None:
+        self.mode = "blackhole"
+
+    def refuse(self) -> None:
+        self.mode = "refuse"
+
+    def heal(self) -> None:
+        self.mode = "pass"
+
+    def close(self) -> None:
+        self.cut()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
