@@ -126,3 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 0
+    except BrokenPipeError:
+        # `roomscribe check | head`: the reader left; not an error worth a traceback.
+        sys.stderr.close()
+        return 0

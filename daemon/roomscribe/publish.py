@@ -1,0 +1,360 @@
+"""The paho-mqtt shell: connect, availability, drain the outbox, retained state.
+
+paho's network loop runs in its own thread (loop_start) and reconnects by itself with
+backoff (connect_async + reconnect_delay_set). Its callbacks only hop onto the asyncio
+loop with call_soon_threadsafe; all bookkeeping (in-flight map, outbox, state) lives on
+the asyncio thread, so nothing here needs a lock.
+
+Delivery: every transcript is in the outbox before it is sent and leaves it on its
+PUBACK. paho keeps QoS 1 messages it was handed across reconnects and re-sends them
+itself, so a transcript is handed to paho once per process; after a restart the whole
+outbox is sent again. At-least-once on the wire; subscribers dedupe by `id`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from . import payload
+from .config import Settings
+from .message import Message
+from .outbox import Outbox, OutboxEntry, OutboxError
+from .transcript import Transcript
+
+log = logging.getLogger(__name__)
+
+# Spare in-flight slots for availability and state messages next to the transcripts.
+_SPARE_INFLIGHT = 4
+
+
+class PublishError(Exception):
+    """An MQTT setting that cannot work (e.g. unreadable TLS files): one line."""
+
+
+class Publisher:
+    def __init__(self, settings: Settings, outbox: Outbox, password: str = "") -> None:
+        self._settings = settings
+        self._m = m = settings.mqtt
+        self._outbox = outbox
+        self.topics = payload.topics(m.topic_prefix, settings.device.id)
+        self._v5 = m.protocol == "5"
+        self._where = f"{m.host}:{m.port}"
+        self._client = self._make_client(password)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake = asyncio.Event()
+        self._connected = False
+        self._closing = False
+        # mid -> entry for transcripts paho holds until their PUBACK. Bound: inflight_max
+        # entries of ~1 KB.
+        self._inflight: dict[int, OutboxEntry] = {}
+        self._last_sent_seq = 0
+        self._waiters: dict[int, asyncio.Future[None]] = {}
+        self._state = payload.StateReporter(m.state_interval_s, time.monotonic())
+        self._published = 0
+        self._expired = 0
+        self._last_logged = ""
+        self.last_error = ""
+        self._connect_hooks: list[Callable[[], Iterable[Message]]] = []
+        # Replaced, never mutated: paho's thread reads it in on_connect.
+        self._subscriptions: tuple[tuple[str, Callable[[str, bytes], None]], ...] = ()
+
+    def _make_client(self, password: str) -> mqtt.Client:
+        m, s = self._m, self._settings
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=m.client_id or f"roomscribe-{s.device.id}",
+            protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
+        )
+        if m.username:
+            client.username_pw_set(m.username, password or None)
+        if m.tls:
+            try:
+                client.tls_set(ca_certs=m.ca_file or None, certfile=m.cert_file or None,
+                               keyfile=m.key_file or None)
+            except (OSError, ssl.SSLError) as exc:
+                raise PublishError(
+                    f"mqtt TLS (ca_file={m.ca_file!r}, cert_file={m.cert_file!r}, "
+                    f"key_file={m.key_file!r}): {exc}") from None
+        client.will_set(self.topics.availability, payload.OFFLINE,
+                        qos=payload.AVAILABILITY_QOS, retain=True)
+        client.reconnect_delay_set(m.reconnect_min_s, max(m.reconnect_min_s, m.reconnect_max_s))
+        client.max_inflight_messages_set(m.inflight_max + _SPARE_INFLIGHT)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        return client
+
+    # --- paho's network thread: hop to asyncio and nothing else (but "online") ---
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        # RuntimeError: the loop is closed because the process is exiting.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(fn, *args)
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode,
+                    _p: Any) -> None:
+        if rc.is_failure:
+            self._call(self._error, f"mqtt: {self._where} refused the connection: {rc}"
+                                    " (check mqtt.username, the password and the broker ACL)")
+            return
+        # Sent from this thread so "online" precedes the messages paho re-sends next.
+        client.publish(self.topics.availability, payload.ONLINE,
+                       qos=payload.AVAILABILITY_QOS, retain=True)
+        for topic, _handler in self._subscriptions:
+            client.subscribe(topic, qos=1)
+        self._call(self._up)
+
+    def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
+        self._call(self._error, f"mqtt: cannot connect to {self._where} (retrying)",
+                   logging.WARNING)
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode,
+                       _p: Any) -> None:
+        self._call(self._down, str(rc))
+
+    def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
+        self._call(self._acked, mid, rc)
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        self._call(self._dispatch, msg.topic, bytes(msg.payload))
+
+    # --- the asyncio thread ---
+
+    def _error(self, message: str, level: int = logging.ERROR) -> None:
+        self.last_error = message
+        self._state.update(last_error=message)
+        # A broker that stays down must not log a line per retry.
+        if message != self._last_logged:
+            log.log(level, "%s", message)
+            self._last_logged = message
+        else:
+            log.debug("%s", message)
+
+    def _up(self) -> None:
+        self._connected = True
+        self._last_logged = ""
+        log.info("mqtt: connected to %s (MQTT %s)", self._where, self._m.protocol)
+        self._state.force()
+        for hook in self._connect_hooks:
+            for msg in hook():
+                self.send(msg)
+        self._wake.set()
+
+    def _dispatch(self, topic: str, body: bytes) -> None:
+        for pattern, handler in self._subscriptions:
+            if mqtt.topic_matches_sub(pattern, topic):
+                handler(topic, body)
+
+    def _down(self, reason: str) -> None:
+        was = self._connected
+        self._connected = False
+        if was and not self._closing:
+            self._error(f"mqtt: connection to {self._where} lost: {reason} (reconnecting)",
+                        logging.WARNING)
+
+    def _acked(self, mid: int, rc: ReasonCode) -> None:
+        entry = self._inflight.pop(mid, None)
+        if entry is None:
+            waiter = self._waiters.pop(mid, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            return
+        if rc.is_failure:
+            # Re-sending would be refused forever (e.g. an ACL): drop it, loudly.
+            self._error(f"mqtt: broker refused transcript seq {entry.seq} on "
+                        f"{self.topics.transcript}: {rc}")
+        else:
+            self._published += 1
+        try:
+            self._outbox.ack(entry.id)
+        except OutboxError as exc:
+            self._error(str(exc))
+        self._wake.set()
+
+    def _properties(self, remaining_s: float | None) -> Properties | None:
+        if not self._v5:
+            return None
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.PayloadFormatIndicator = 1
+        props.ContentType = "application/json"
+        if remaining_s is not None:
+            props.MessageExpiryInterval = max(1, int(remaining_s))
+        return props
+
+    def _fill(self) -> None:
+        """Hand pending transcripts to paho, in seq order, up to inflight_max."""
+        max_age = self._m.max_age_s
+        while self._connected:
+            room = self._m.inflight_max - len(self._inflight)
+            if room <= 0:
+                return
+            try:
+                entries = self._outbox.pending(after_seq=self._last_sent_seq, limit=room)
+            except OutboxError as exc:
+                self._error(str(exc))
+                return
+            if not entries:
+                return
+            for e in entries:
+                self._last_sent_seq = e.seq
+                now = time.time()
+                remaining = None
+                if max_age > 0:
+                    remaining = max_age - (now - e.captured_end)
+                    if remaining <= 0:
+                        self._expire(e, now)
+                        continue
+                info = self._client.publish(
+                    self.topics.transcript, payload.restamp(e.payload, now),
+                    qos=payload.TRANSCRIPT_QOS, retain=False,
+                    properties=self._properties(remaining))
+                self._inflight[info.mid] = e
+
+    def _expire(self, e: OutboxEntry, now: float) -> None:
+        self._expired += 1
+        log.warning("mqtt: transcript seq %d is %.0f s old, over mqtt.max_age_s = %d: dropped",
+                    e.seq, now - e.captured_end, self._m.max_age_s)
+        try:
+            self._outbox.ack(e.id)
+        except OutboxError as exc:
+            self._error(str(exc))
+
+    def _publish_state(self) -> None:
+        if not self._connected:
+            return
+        try:
+            pending, dropped = len(self._outbox), self._outbox.dropped
+        except OutboxError:  # the state must not stop the sender
+            pending, dropped = -1, -1
+        self._state.update(transcripts_published=self._published, expired=self._expired,
+                           outbox_pending=pending, outbox_dropped=dropped)
+        state = self._state.due(time.monotonic())
+        if state is not None:
+            self._client.publish(
+                self.topics.state,
+                state.encode(device=self._settings.device.id, room=self._settings.device.room,
+                             now=time.time()),
+                qos=payload.STATE_QOS, retain=True, properties=self._properties(None))
+
+    async def _wait_wake(self, timeout_s: float) -> None:
+        try:
+            async with asyncio.timeout(max(0.0, timeout_s)):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+        self._wake.clear()
+
+    # --- public interface ---
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    async def run(self) -> None:
+        """Connect (retrying forever) and drain the outbox until close() or cancel."""
+        self._loop = asyncio.get_running_loop()
+        self._client.connect_async(self._m.host, self._m.port, keepalive=self._m.keepalive_s)
+        self._client.loop_start()
+        while not self._closing:
+            self._fill()
+            self._publish_state()
+            await self._wait_wake(1.0)
+
+    def submit(self, t: Transcript) -> None:
+        """Store durably in the outbox, then wake the sender; no network wait."""
+        try:
+            self._outbox.add(t, device=self._settings.device.id,
+                             room=self._settings.device.room)
+        except OutboxError as exc:
+            self._error(str(exc))
+            return
+        self._wake.set()
+
+    def partial(self, text: str) -> None:
+        if not (self._m.publish_partials and self._connected):
+            return
+        body = payload.partial_payload(text, device=self._settings.device.id,
+                                       room=self._settings.device.room, published=time.time())
+        self._client.publish(self.topics.partial, body, qos=payload.PARTIAL_QOS, retain=False,
+                             properties=self._properties(None))
+
+    def send(self, msg: Message) -> bool:
+        """Publish an extra message (discovery, hermes, mute state) if connected.
+
+        Not queued: returns False and drops it when disconnected, so anything retained
+        that must survive a reconnect belongs in an add_connect_hook builder too.
+        """
+        if not self._connected:
+            return False
+        self._client.publish(msg.topic, msg.encode(), qos=msg.qos, retain=msg.retain)
+        return True
+
+    def add_connect_hook(self, build: Callable[[], Iterable[Message]]) -> None:
+        """Messages to publish after every (re)connect, e.g. discovery configs."""
+        self._connect_hooks.append(build)
+
+    def subscribe(self, topic: str, handler: Callable[[str, bytes], None]) -> None:
+        """Subscribe at QoS 1 on every (re)connect; handler(topic, payload) runs on the
+        asyncio thread. Call before run()."""
+        self._subscriptions = (*self._subscriptions, (topic, handler))
+        if self._connected:
+            self._client.subscribe(topic, qos=1)
+
+    def update_state(self, **fields: Any) -> None:
+        self._state.update(**fields)
+        self._wake.set()
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Flush within the bound, publish "offline" (retained), disconnect."""
+        if self._closing:
+            return
+        self._closing = True
+        self._wake.set()
+        if self._loop is None:
+            return  # run() never started: nothing is connected
+        loop = self._loop
+        deadline = loop.time() + timeout_s
+        # Keep a quarter of the budget (at most 1 s) for "offline" and the disconnect.
+        flush_until = deadline - min(1.0, timeout_s / 4)
+        while self._connected and loop.time() < flush_until:
+            self._fill()
+            if not self._inflight:
+                break
+            await self._wait_wake(flush_until - loop.time())
+        if self._inflight:
+            log.warning("mqtt: %d transcript(s) not acknowledged at shutdown; "
+                        "they stay in the outbox", len(self._inflight))
+        if self._connected:
+            info = self._client.publish(self.topics.availability, payload.OFFLINE,
+                                        qos=payload.AVAILABILITY_QOS, retain=True)
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters[info.mid] = waiter
+            try:
+                async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                    await waiter
+            except TimeoutError:
+                log.warning("mqtt: no acknowledgement for 'offline' at shutdown")
+        self._client.disconnect()
+        try:
+            async with asyncio.timeout(max(0.5, deadline - loop.time())):
+                await asyncio.to_thread(self._client.loop_stop)
+        except TimeoutError:
+            log.warning("mqtt: network thread did not stop in time")
+        self._connected = False

@@ -1,0 +1,94 @@
+"""The durable outbox: order, persistence across restarts and SIGKILL, bound, bad files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mqttkit import DEVICE, ROOM, transcript, validate
+from roomscribe.outbox import Outbox, OutboxError
+
+
+def test_add_pending_ack(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "outbox.sqlite3")
+    entries = [box.add(transcript(f"words {i}"), device=DEVICE, room=ROOM) for i in range(5)]
+    assert [e.seq for e in entries] == [1, 2, 3, 4, 5]
+    assert len({e.id for e in entries}) == 5
+    pending = box.pending()
+    assert pending == entries
+    for e in pending:
+        obj = validate("transcript", e.payload)
+        assert (obj["id"], obj["seq"], obj["device"], obj["room"]) == (e.id, e.seq, DEVICE, ROOM)
+    assert [e.seq for e in box.pending(after_seq=2, limit=2)] == [3, 4]
+    box.ack(entries[1].id)
+    box.ack(entries[1].id)  # a second ack (a re-sent message) is harmless
+    assert [e.seq for e in box.pending()] == [1, 3, 4, 5]
+    assert len(box) == 4
+    box.close()
+
+
+def test_entries_and_seq_survive_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    box = Outbox(path)
+    for i in range(3):
+        box.add(transcript(f"t{i}"), device=DEVICE)
+    box.ack(box.pending()[0].id)
+    box.close()
+    box = Outbox(path)
+    assert [json.loads(e.payload)["text"] for e in box.pending()] == ["t1", "t2"]
+    assert box.next_seq == 4
+    assert box.add(transcript("t3"), device=DEVICE).seq == 4
+    box.close()
+
+
+def test_sigkill_right_after_add_loses_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    child = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from mqttkit import transcript
+        from roomscribe.outbox import Outbox
+        box = Outbox({str(path)!r})
+        for i in range(20):
+            box.add(transcript(f"kill {{i}}"), device="dev1")
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", child], timeout=60, capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()
+    box = Outbox(path)
+    assert [json.loads(e.payload)["text"] for e in box.pending()] == [
+        f"kill {i}" for i in range(20)]
+    assert box.next_seq == 21
+    box.close()
+
+
+def test_full_outbox_drops_oldest_and_counts(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite3", max_entries=10)
+    for i in range(15):
+        box.add(transcript(f"n{i}"), device=DEVICE)
+    assert len(box) == 10
+    assert box.dropped == 5
+    assert [e.seq for e in box.pending()] == list(range(6, 16))
+    box.close()
+
+
+def test_corrupt_file_is_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    path.write_bytes(b"this is not a database, just some bytes " * 100)
+    with pytest.raises(OutboxError) as info:
+        Outbox(path)
+    msg = str(info.value)
+    assert "\n" not in msg and str(path) in msg and "corrupt" in msg
+
+
+def test_unopenable_path_is_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "is-a-directory"
+    path.mkdir()
+    with pytest.raises(OutboxError) as info:
+        Outbox(path)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)

@@ -1,0 +1,104 @@
+"""Topics, payloads and the state schedule: pure functions, no sockets."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import jsonschema
+import pytest
+
+from mqttkit import DEVICE, ROOM, SCHEMAS, transcript, validate
+from roomscribe import payload
+
+
+def test_schemas_are_valid_draft_2020_12() -> None:
+    files = sorted(SCHEMAS.glob("*.v1.json"))
+    assert [f.name for f in files] == ["availability.v1.json", "partial.v1.json",
+                                       "state.v1.json", "transcript.v1.json"]
+    for f in files:
+        jsonschema.Draft202012Validator.check_schema(json.loads(f.read_text()))
+
+
+def test_topics() -> None:
+    t = payload.topics("home/mics/", "kitchen-pi")
+    assert t == payload.Topics("home/mics/kitchen-pi/transcript", "home/mics/kitchen-pi/partial",
+                               "home/mics/kitchen-pi/availability", "home/mics/kitchen-pi/state")
+
+
+def test_iso_is_utc_with_milliseconds() -> None:
+    assert payload.iso(0.0) == "1970-01-01T00:00:00.000Z"
+    assert payload.iso(1714566896.789) == "2024-05-01T12:34:56.789Z"
+    # Truncated, not rounded, so a time never moves into the next second.
+    assert payload.iso(1714566896.9999) == "2024-05-01T12:34:56.999Z"
+
+
+def test_transcript_payload_matches_schema_and_transcript() -> None:
+    t = transcript("hello kitchen", end=1714566896.5)
+    entry_id = str(uuid.uuid4())
+    body = payload.transcript_payload(t, entry_id=entry_id, seq=7, device=DEVICE, room=ROOM,
+                                      published=1714566900.25)
+    obj = validate("transcript", body)
+    assert obj == {
+        "schema": 1, "id": entry_id, "seq": 7, "device": DEVICE, "room": ROOM,
+        "text": "hello kitchen", "start": "2024-05-01T12:34:54.000Z",
+        "end": "2024-05-01T12:34:56.500Z", "published": "2024-05-01T12:35:00.250Z",
+        "received": "2024-05-01T12:34:57.300Z", "model": t.model, "session": "sess_1",
+        "item": t.item_id, "replayed": False,
+    }
+    restamped = validate("transcript", payload.restamp(body, 1714570000.0))
+    assert restamped["published"] == "2024-05-01T13:26:40.000Z"
+    assert {k: v for k, v in restamped.items() if k != "published"} == {
+        k: v for k, v in obj.items() if k != "published"}
+
+
+def test_non_ascii_text_survives() -> None:
+    t = transcript("Grüße, 東京")
+    body = payload.transcript_payload(t, entry_id=str(uuid.uuid4()), seq=1, device=DEVICE,
+                                      room="Küche", published=0.0)
+    assert validate("transcript", body)["text"] == "Grüße, 東京"
+
+
+def test_partial_state_availability_match_schemas() -> None:
+    validate("partial", payload.partial_payload("hel", device=DEVICE, room=ROOM,
+                                                published=1.0))
+    state = payload.StatePayload(uplink_connected=True, buffered_s=12.345, last_error="x")
+    obj = validate("state", state.encode(device=DEVICE, room=ROOM, now=1714566896.0))
+    assert obj["buffered_s"] == 12.3
+    assert obj["uplink_connected"] is True
+    validate("availability", payload.ONLINE)
+    validate("availability", payload.OFFLINE)
+    with pytest.raises(jsonschema.ValidationError):
+        validate("availability", b"maybe")
+
+
+def test_schema_rejects_a_missing_field() -> None:
+    body = payload.transcript_payload(transcript("x"), entry_id=str(uuid.uuid4()), seq=1,
+                                      device=DEVICE, room=ROOM, published=0.0)
+    obj = json.loads(body)
+    del obj["id"]
+    with pytest.raises(jsonschema.ValidationError):
+        validate("transcript", json.dumps(obj).encode())
+
+
+def test_state_reporter_publishes_on_change_and_periodically() -> None:
+    r = payload.StateReporter(interval_s=60.0, started=1000.0)
+    first = r.due(1000.0)
+    assert first is not None and first.uptime_s == 0.0
+    assert r.due(1000.5) is None  # nothing changed
+    r.update(uplink_connected=True)
+    assert r.due(1000.5) is None  # changed, but bursts are merged
+    changed = r.due(1001.0)
+    assert changed is not None and changed.uplink_connected
+    r.update(buffered_s=3.0)  # drifts: waits for the periodic publish
+    assert r.due(1030.0) is None
+    periodic = r.due(1061.0)
+    assert periodic is not None and periodic.buffered_s == 3.0 and periodic.uptime_s == 61.0
+    r.force()
+    assert r.due(1061.1) is not None
+
+
+def test_state_reporter_rejects_unknown_fields() -> None:
+    r = payload.StateReporter(interval_s=60.0, started=0.0)
+    with pytest.raises(TypeError, match="bogus"):
+        r.update(bogus=1)

@@ -1,0 +1,362 @@
+"""The publisher against a real Mosquitto: order, once-only, availability, outages, kills."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from conftest import Broker, start_broker
+from mqttkit import DEVICE, Subscriber, await_until, settings, transcript, validate, wait
+from roomscribe.config import Settings
+from roomscribe.message import Message
+from roomscribe.outbox import Outbox
+from roomscribe.publish import Publisher, PublishError
+
+CHILD = Path(__file__).resolve().parent / "publish_child.py"
+
+
+def run_with_publisher(s: Settings, body: Callable[[Publisher, Outbox], Awaitable[None]],
+                       password: str = "") -> Outbox:
+    """Run body(publisher, outbox) with the publisher running; closes it within 5 s."""
+    outbox = Outbox(Path(s.state.dir) / "outbox.sqlite3")
+
+    async def main() -> None:
+        pub = Publisher(s, outbox, password)
+        task = asyncio.create_task(pub.run(), name="publish")
+        try:
+            async with asyncio.timeout(90):
+                await body(pub, outbox)
+        finally:
+            await pub.close(5.0)
+            task.cancel()
+
+    asyncio.run(main())
+    return outbox
+
+
+@pytest.fixture
+def persistent_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A broker that keeps subscriber sessions and their queued messages across restarts."""
+    data = tmp_path / "mosquitto-data"
+    data.mkdir()
+    b = start_broker(tmp_path, f"persistence true\npersistence_location {data}/\nuser root\n")
+    yield b
+    b.stop()
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_transcripts_arrive_once_in_order(broker: Broker, tmp_path: Path,
+                                          protocol: str) -> None:
+    s = settings(tmp_path, broker.port, protocol=protocol)
+    sub = Subscriber(broker.port)
+    texts = [f"sentence number {i}" for i in range(45)]  # more than inflight_max
+
+    async def body(pub: Publisher, outbox: Outbox) -> None:
+        await await_until(lambda: pub.connected, what="connect")
+        for text in texts:
+            pub.submit(transcript(text))
+        await await_until(lambda: len(sub.on("transcript")) >= len(texts), what="transcripts")
+        await await_until(lambda: len(outbox) == 0, what="outbox drained")
+        await await_until(lambda: any(validate("state", m.payload)["transcripts_published"]
+                                      == len(texts) for m in sub.on("state")), what="state")
+
+    outbox = run_with_publisher(s, body)
+    got = sub.transcripts()
+    assert [t["text"] for t in got] == texts
+    assert [t["seq"] for t in got] == list(range(1, len(texts) + 1))
+    assert len({t["id"] for t in got}) == len(texts)
+    assert all(t["device"] == DEVICE and t["room"] == "kitchen" for t in got)
+    assert [m.payload for m in sub.on("availability")][:1] == [b"online"]
+    wait(lambda: sub.on("availability")[-1].payload == b"offline", 10, "offline")
+    assert sub.on("availability")[-1].retain is False  # live delivery, not the stored copy
+    sub.close()
+    # A subscriber arriving later sees the retained last word and state.
+    late = Subscriber(broker.port)
+    wait(lambda: bool(late.on("availability")) and bool(late.on("state")), 10, "retained")
+    assert late.on("availability")[-1].payload == b"offline"
+    assert late.on("availability")[-1].retain
+    validate("state", late.on("state")[-1].payload)
+    late.close()
+    assert len(outbox) == 0
+    outbox.close()
+
+
+def test_connect_hooks_and_subscriptions(broker: Broker, tmp_path: Path) -> None:
+    """The extras other modules use: retained messages on connect, and commands in."""
+    sub = Subscriber(broker.port, topic="#")
+    commands: list[tuple[str, bytes]] = []
+
+    async def body(pub: Publisher, _o: Outbox) -> None:
+        await await_until(lambda: pub.connected, what="connect")
+        await await_until(lambda: bool(sub.on("mute")), what="connect hook message")
+        sender = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        sender.connect("127.0.0.1", broker.port)
+        sender.loop_start()
+        # Re-publish until it arrives: the subscription may still be on its way.
+        for _ in range(100):
+            sender.publish(f"roomscribe/{DEVICE}/mute/set", b"ON", qos=1)
+            if commands:
+                break
+            await asyncio.sleep(0.1)
+        sender.disconnect()
+        sender.loop_stop()
+        assert pub.send(Message("elsewhere/x", {"a": 1}))
+
+    s = settings(tmp_path, broker.port)
+    outbox = Outbox(tmp_path / "hooks.sqlite3")
+
+    async def main() -> None:
+        pub = Publisher(s, outbox)
+        pub.add_connect_hook(lambda: [Message(f"roomscribe/{DEVICE}/mute", "OFF", retain=True)])
+        pub.subscribe(f"roomscribe/{DEVICE}/mute/set", lambda t, b: commands.append((t, b)))
+        task = asyncio.create_task(pub.run(), name="publish")
+        try:
+            async with asyncio.timeout(60):
+                await body(pub, outbox)
+        finally:
+            await pub.close()
+            task.cancel()
+
+    asyncio.run(main())
+    outbox.close()
+    assert commands[0] == (f"roomscribe/{DEVICE}/mute/set", b"ON")
+    assert sub.on("mute")[0].payload == b"OFF"
+    wait(lambda: any(m.topic == "elsewhere/x" for m in sub.messages), 10, "send()")
+    sub.close()
+
+
+def test_partials_when_enabled(broker: Broker, tmp_path: Path) -> None:
+    sub = Subscriber(broker.port)
+
+    async def body(pub: Publisher, _o: Outbox) -> None:
+        await await_until(lambda: pub.connected, what="connect")
+        pub.partial("hello wor")
+        await await_until(lambda: bool(sub.on("partial")), what="partial")
+
+    run_with_publisher(settings(tmp_path, broker.port, publish_partials=True), body).close()
+    assert validate("partial", sub.on("partial")[0].payload)["text"] == "hello wor"
+    sub.close()
+
+
+def test_outage_delivers_everything_once(persistent_broker: Broker, tmp_path: Path) -> None:
+    broker = persistent_broker
+    sub = Subscriber(broker.port, persistent_id="outage-sub")
+
+    async def body(pub: Publisher, outbox: Outbox) -> None:
+        await await_until(lambda: pub.connected, what="connect")
+        # Nothing in flight to the subscriber when the broker stops: the broker would
+        # re-send that itself, which is its at-least-once, not ours.
+        await asyncio.to_thread(broker.stop)
+        await await_until(lambda: not pub.connected, what="disconnect noticed")
+        for i in range(3):
+            pub.submit(transcript(f"during the outage {i}"))
+        assert len(outbox) == 3
+        await asyncio.to_thread(broker.start)
+        await await_until(lambda: len(outbox) == 0, what="outbox drained after restart")
+        # Sent after every earlier PUBACK: once it arrives, nothing earlier is in transit.
+        pub.submit(transcript("after the outage"))
+        await await_until(lambda: "after the outage" in sub.texts(), what="last transcript")
+
+    run_with_publisher(settings(tmp_path, broker.port), body).close()
+    assert sub.texts() == ["during the outage 0", "during the outage 1",
+                           "during the outage 2", "after the outage"]
+    assert [t["seq"] for t in sub.transcripts()] == [1, 2, 3, 4]
+    sub.close()
+
+
+def write_config(tmp_path: Path, port: int, extra: str = "") -> Path:
+    path = tmp_path / "roomscribe.toml"
+    path.write_text(f'[device]\nid = "{DEVICE}"\nroom = "kitchen"\n'
+                    f'[mqtt]\nport = {port}\nreconnect_max_s = 2\n{extra}'
+                    f'[state]\ndir = "{tmp_path / "state"}"\n')
+    return path
+
+
+class Child:
+    def __init__(self, config: Path, count: int, prefix: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(CHILD), str(config), str(count),
+                                      prefix], stdout=subprocess.PIPE, text=True)
+
+    def expect(self, word: str, timeout_s: float = 30.0) -> None:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout_s
+        # Lines come in a fixed order and the child exits after 120 s, so readline ends.
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline().strip()
+            if line == word:
+                return
+            if not line and self.proc.poll() is not None:
+                break
+        raise AssertionError(f"child did not say {word!r}")
+
+    def kill(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+
+
+def test_will_offline_on_sigkill(broker: Broker, tmp_path: Path) -> None:
+    sub = Subscriber(broker.port)
+    child = Child(write_config(tmp_path, broker.port), 0, "x")
+    try:
+        child.expect("connected")
+        wait(lambda: [m.payload for m in sub.on("availability")] == [b"online"], 10, "online")
+    finally:
+        child.kill()
+    wait(lambda: [m.payload for m in sub.on("availability")] == [b"online", b"offline"], 15,
+         "the will")
+    sub.close()
+
+
+def test_sigkill_during_outage_then_restart_delivers_once(broker: Broker,
+                                                          tmp_path: Path) -> None:
+    config = write_config(tmp_path, broker.port)
+    broker.stop()
+    first = Child(config, 5, "queued")
+    try:
+        first.expect("submitted")
+    finally:
+        first.kill()
+    broker.start()
+    sub = Subscriber(broker.port)
+    second = Child(config, 1, "fresh")
+    try:
+        second.expect("drained")
+        # The restarted process sends its outbox in seq order: "fresh 0" comes last.
+        wait(lambda: "fresh 0" in sub.texts(), 15, "the new transcript")
+    finally:
+        second.kill()
+    got = sub.transcripts()
+    assert [t["text"] for t in got] == [f"queued {i}" for i in range(5)] + ["fresh 0"]
+    assert len({t["id"] for t in got}) == 6
+    assert [t["seq"] for t in got] == [1, 2, 3, 4, 5, 6]
+    sub.close()
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_expired_transcripts_are_not_delivered(broker: Broker, tmp_path: Path,
+                                               protocol: str) -> None:
+    sub = Subscriber(broker.port, protocol=mqtt.MQTTv5)
+
+    async def body(pub: Publisher, outbox: Outbox) -> None:
+        await await_until(lambda: pub.connected, what="connect")
+        pub.submit(transcript("an hour old", end=time.time() - 3600))
+        pub.submit(transcript("fresh"))
+        await await_until(lambda: "fresh" in sub.texts(), what="fresh transcript")
+        await await_until(lambda: any(validate("state", m.payload)["expired"] == 1
+                                      for m in sub.on("state")), what="expired count")
+        assert len(outbox) == 0
+
+    run_with_publisher(settings(tmp_path, broker.port, protocol=protocol, max_age_s=600),
+                       body).close()
+    assert sub.texts() == ["fresh"]
+    props = sub.on("transcript")[0].properties
+    expiry = getattr(props, "MessageExpiryInterval", None)
+    if protocol == "5":
+        assert expiry is not None and 0 < expiry <= 600
+    else:
+        assert expiry is None
+    sub.close()
+
+
+@pytest.fixture
+def password_broker(tmp_path: Path) -> Iterator[Broker]:
+    pw = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(pw), "mic", "s3cret-Pa55"],
+                   check=True, timeout=30, capture_output=True)
+    # "user root": as root, mosquitto would switch to its own user, who cannot read tmp_path.
+    b = start_broker(tmp_path, f"allow_anonymous false\npassword_file {pw}\nuser root\n")
+    yield b
+    b.stop()
+
+
+def test_password_broker(password_broker: Broker, tmp_path: Path) -> None:
+    port = password_broker.port
+    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    watcher.username_pw_set("mic", "s3cret-Pa55")
+    sub_texts: list[str] = []
+    watcher.on_message = lambda _c, _u, m: sub_texts.append(validate("transcript",
+                                                                     m.payload)["text"])
+    watcher.on_connect = lambda c, *_: c.subscribe("roomscribe/+/transcript", 1)
+    watcher.connect("127.0.0.1", port)
+    watcher.loop_start()
+
+    async def good(pub: Publisher, _o: Outbox) -> None:
+        await await_until(lambda: pub.connected, what="connect")
+        pub.submit(transcript("authenticated"))
+        await await_until(lambda: sub_texts == ["authenticated"], what="delivery")
+
+    run_with_publisher(settings(tmp_path / "a", port, username="mic"), good,
+                       password="s3cret-Pa55").close()
+    watcher.disconnect()
+    watcher.loop_stop()
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_wrong_password_is_one_clear_line(password_broker: Broker, tmp_path: Path,
+                                          caplog: pytest.LogCaptureFixture,
+                                          protocol: str) -> None:
+    caplog.set_level(logging.DEBUG)
+    wrong = "wr0ng-Secret-XYZ"
+
+    async def bad(pub: Publisher, _o: Outbox) -> None:
+        await await_until(lambda: bool(pub.last_error), what="an error")
+        assert not pub.connected
+
+    run_with_publisher(settings(tmp_path, password_broker.port, username="mic",
+                                protocol=protocol), bad, password=wrong).close()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert "\n" not in errors[0]
+    assert "refused" in errors[0] and str(password_broker.port) in errors[0]
+    assert wrong not in caplog.text
+
+
+def make_tls_files(d: Path) -> None:
+    """A throwaway CA and a server certificate for 127.0.0.1, made with openssl."""
+    def ssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, timeout=60, capture_output=True, cwd=d)
+
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+        "-days", "2", "-subj", "/CN=roomscribe test CA")
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+        "-subj", "/CN=127.0.0.1")
+    ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
+
+
+def test_tls_broker(tmp_path: Path) -> None:
+    make_tls_files(tmp_path)
+    broker = start_broker(tmp_path, f"cafile {tmp_path}/ca.crt\ncertfile {tmp_path}/server.crt\n"
+                                    f"keyfile {tmp_path}/server.key\nuser root\n")
+    try:
+        async def body(pub: Publisher, outbox: Outbox) -> None:
+            await await_until(lambda: pub.connected, what="TLS connect")
+            pub.submit(transcript("over tls"))
+            await await_until(lambda: len(outbox) == 0, what="PUBACK over TLS")
+
+        s = settings(tmp_path / "state", broker.port, tls=True, ca_file=str(tmp_path / "ca.crt"))
+        run_with_publisher(s, body).close()
+    finally:
+        broker.stop()
+
+
+def test_missing_tls_file_is_one_line(tmp_path: Path) -> None:
+    s = settings(tmp_path, 1883, tls=True, ca_file=str(tmp_path / "nope.crt"))
+    outbox = Outbox(tmp_path / "o.sqlite3")
+    with pytest.raises(PublishError) as info:
+        Publisher(s, outbox)
+    assert "\n" not in str(info.value) and "nope.crt" in str(info.value)
+    outbox.close()
