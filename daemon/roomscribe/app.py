@@ -40,8 +40,9 @@ class Daemon:
         )
         state = config.state_dir(settings)
         state.mkdir(parents=True, exist_ok=True)
-        self.publisher = Publisher(settings, Outbox(state / "outbox.sqlite3"),
-                                   config.mqtt_password(settings))
+        outbox = Outbox(state / "outbox.sqlite3",
+                        max_entries=settings.mqtt.outbox_max_entries)
+        self.publisher = Publisher(settings, outbox, config.mqtt_password(settings))
         partial = self.publisher.partial if settings.mqtt.publish_partials else None
         self.uplink = Uplink(up, self.core, config.api_key(settings),
                              on_transcript=self.publisher.submit,

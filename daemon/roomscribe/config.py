@@ -106,9 +106,26 @@ class MqttSettings:
     cert_file: str = ""
     key_file: str = ""
     keepalive_s: int = 30
-    # MQTT v5 message expiry for transcripts; 0 keeps them forever.
+    # MQTT v5 message expiry for transcripts; 0 keeps them forever. Older ones are
+    # dropped from the outbox instead of sent (also on 3.1.1).
     max_age_s: int = 0
     publish_partials: bool = False
+    # Retained state is published on change and at least this often.
+    state_interval_s: float = 60.0
+    # Durable outbox bound: about 1 KB per transcript, so 10 000 = ~10 MB on disk.
+    outbox_max_entries: int = 10000
+    # Transcripts handed to the MQTT client but not yet PUBACKed.
+    inflight_max: int = 20
+    # Reconnect backoff, doubling from min to max.
+    reconnect_min_s: int = 1
+    reconnect_max_s: int = 60
+    # Home Assistant MQTT discovery: retained entity configs under this prefix.
+    ha_discovery: bool = True
+    ha_discovery_prefix: str = "homeassistant"
+    # Rhasspy/Hermes compatibility: also publish hermes/asr/textCaptured (siteId
+    # hermes_site_id, or device.id when empty).
+    hermes: bool = False
+    hermes_site_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -144,6 +161,53 @@ class ServerSettings:
     session_buffer_s: float = 120.0
     max_message_bytes: int = 1 << 20
     partial_interval_ms: int = 700
+    # Beam width for final transcripts (partials always use 1).
+    final_beam_size: int = 5
+    # Whisper language code; "" = "en" for English-only models, detect otherwise.
+    language: str = ""
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    """Client-side voice gate: stream only speech (plus pre-roll and hangover)."""
+
+    # off streams everything; energy is pure numpy (any Pi); webrtc needs webrtcvad-wheels;
+    # silero needs onnxruntime + faster-whisper (the [server] extra) and falls back to energy.
+    mode: Literal["off", "energy", "webrtc", "silero"] = "energy"
+    # Audio sent from before the detected onset, so the first word is not clipped.
+    preroll_ms: int = 500
+    # Audio sent after the last speech before the gate closes (and the uplink commits).
+    hangover_ms: int = 1000
+    # Speech needed (within twice this span) to open: a cough must not.
+    min_speech_ms: int = 250
+    # Close the socket after this long with the gate closed; the next speech reconnects.
+    idle_disconnect_s: float = 30.0
+    # energy: speech is this far above the adaptive noise floor (300-4000 Hz band) ...
+    energy_snr_db: float = 9.0
+    # ... and above this absolute level, so near-digital silence never opens the gate.
+    energy_min_dbfs: float = -70.0
+    # How fast the floor may climb to a louder background (it falls at once).
+    energy_floor_rise_db_per_s: float = 3.0
+    # webrtc: 0 (lenient) .. 3 (aggressive).
+    webrtc_aggressiveness: int = 2
+    # silero: speech probability threshold.
+    silero_threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class TriggerRule:
+    """One [[triggers]] block: when a transcript matches, publish to `topic`."""
+
+    name: str = ""
+    # Either words (a phrase matched as whole words, ignoring case and punctuation) ...
+    words: str = ""
+    # ... or a Python regular expression, searched case-insensitively.
+    regex: str = ""
+    topic: str = ""
+    # Sent verbatim; "" sends the JSON in docs/schemas/trigger.json.
+    payload: str = ""
+    qos: int = 0
+    retain: bool = False
 
 
 @dataclass(frozen=True)
@@ -156,6 +220,9 @@ class Settings:
     state: StateSettings = field(default_factory=StateSettings)
     log: LogSettings = field(default_factory=LogSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
+    gate: GateSettings = field(default_factory=GateSettings)
+    # [[triggers]]: phrase rules that publish to their own topic (triggers.py).
+    triggers: tuple[TriggerRule, ...] = ()
     source_path: str = ""
 
 
@@ -176,12 +243,28 @@ RANGES: dict[str, tuple[float, float]] = {
     "mqtt.port": (1, 65535),
     "mqtt.keepalive_s": (5, 3600),
     "mqtt.max_age_s": (0, 2**32 - 1),
+    "mqtt.state_interval_s": (1, 86400),
+    "mqtt.outbox_max_entries": (10, 1_000_000),
+    "mqtt.inflight_max": (1, 1000),
+    "mqtt.reconnect_min_s": (1, 3600),
+    "mqtt.reconnect_max_s": (1, 3600),
+    "triggers.qos": (0, 2),
     "server.port": (0, 65535),
     "server.queue_max": (1, 10000),
     "server.max_sessions": (1, 10000),
     "server.session_buffer_s": (1, 3600),
     "server.max_message_bytes": (1024, 1 << 26),
     "server.partial_interval_ms": (100, 10000),
+    "server.final_beam_size": (1, 10),
+    "gate.preroll_ms": (0, 5000),
+    "gate.hangover_ms": (0, 10000),
+    "gate.min_speech_ms": (30, 5000),
+    "gate.idle_disconnect_s": (1, 86400),
+    "gate.energy_snr_db": (1, 40),
+    "gate.energy_min_dbfs": (-96, 0),
+    "gate.energy_floor_rise_db_per_s": (0.1, 60),
+    "gate.webrtc_aggressiveness": (0, 3),
+    "gate.silero_threshold": (0.05, 0.95),
 }
 
 
@@ -212,10 +295,19 @@ def _check_value(where: str, key: str, hint: Any, value: Any) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: {key} must be a string, not {value!r}")
         return value
-    low, high = RANGES.get(key, (float("-inf"), float("inf")))
+    # "triggers[2].qos" shares the range of "triggers.qos".
+    low, high = RANGES.get(re.sub(r"\[\d+\]", "", key), (float("-inf"), float("inf")))
     if not low <= value <= high:
         raise ConfigError(f"{where}: {key} = {value} is out of range [{low:g}, {high:g}]")
     return value
+
+
+def _table_item(hint: Any) -> type[Any] | None:
+    """The dataclass of a tuple[<dataclass>, ...] setting (a TOML array of tables)."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple and args and dataclasses.is_dataclass(args[0]):
+        return typing.cast(type, args[0])
+    return None
 
 
 def _build(cls: type[Any], table: dict[str, Any], where: str, prefix: str) -> Any:
@@ -227,7 +319,13 @@ def _build(cls: type[Any], table: dict[str, Any], where: str, prefix: str) -> An
         if key not in names:
             raise ConfigError(f"{where}: unknown key {dotted}")
         hint = hints[key]
-        if dataclasses.is_dataclass(hint):
+        if (item_cls := _table_item(hint)) is not None:
+            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                raise ConfigError(f"{where}: {dotted} must be an array of tables [[{dotted}]]")
+            # Numbered from 1, as a reader counts the [[...]] blocks in the file.
+            kwargs[key] = tuple(_build(item_cls, v, where, f"{dotted}[{i}].")
+                                for i, v in enumerate(value, 1))
+        elif dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: {dotted} must be a table")
             kwargs[key] = _build(typing.cast(type, hint), value, where, f"{dotted}.")
@@ -251,6 +349,32 @@ def _validate(settings: Settings, where: str) -> None:
         raise ConfigError(f"{where}: uplink.url must be a ws:// or wss:// URL")
     if any(c in settings.mqtt.topic_prefix for c in "#+") or not settings.mqtt.topic_prefix:
         raise ConfigError(f"{where}: mqtt.topic_prefix must be non-empty, without + or #")
+    ha_prefix = settings.mqtt.ha_discovery_prefix
+    if any(c in ha_prefix for c in "#+") or not ha_prefix.strip("/"):
+        raise ConfigError(f"{where}: mqtt.ha_discovery_prefix must be non-empty, without + or #")
+    _validate_triggers(settings.triggers, where)
+
+
+def _validate_triggers(rules: tuple[TriggerRule, ...], where: str) -> None:
+    names: set[str] = set()
+    for i, rule in enumerate(rules, 1):
+        at = f"{where}: triggers[{i}]" + (f" ({rule.name!r})" if rule.name else "")
+        if not rule.name:
+            raise ConfigError(f"{at}: name must be set")
+        if rule.name in names:
+            raise ConfigError(f"{at}: another trigger has the same name")
+        names.add(rule.name)
+        if bool(rule.words) == bool(rule.regex):
+            raise ConfigError(f"{at}: set exactly one of words or regex")
+        if rule.words and not re.search(r"[^\W_]", rule.words):
+            raise ConfigError(f"{at}: words has no letters or digits")
+        if rule.regex:
+            try:
+                re.compile(rule.regex, re.IGNORECASE)
+            except re.error as exc:
+                raise ConfigError(f"{at}: regex {rule.regex!r} is not valid: {exc}") from None
+        if not rule.topic or any(c in rule.topic for c in "#+"):
+            raise ConfigError(f"{at}: topic must be non-empty, without + or #")
 
 
 def parse(text: str, where: str = "<config>") -> Settings:
