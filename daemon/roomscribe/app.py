@@ -16,6 +16,7 @@ import time
 from . import config
 from .capture import CaptureStats, frames
 from .config import Settings
+from .integrations import Integrations
 from .notify import Notifier, status_line
 from .outbox import Outbox
 from .protocol import ClientCore
@@ -43,9 +44,10 @@ class Daemon:
         outbox = Outbox(state / "outbox.sqlite3",
                         max_entries=settings.mqtt.outbox_max_entries)
         self.publisher = Publisher(settings, outbox, config.mqtt_password(settings))
+        self.integrations = Integrations(settings, self.publisher, state)
         partial = self.publisher.partial if settings.mqtt.publish_partials else None
         self.uplink = Uplink(up, self.core, config.api_key(settings),
-                             on_transcript=self.publisher.submit,
+                             on_transcript=self.integrations.transcript,
                              on_partial=partial or (lambda _t: None),
                              on_status=self._uplink_status)
         self.capture_stats = CaptureStats()
@@ -69,13 +71,17 @@ class Daemon:
             overruns=cap.overruns,
             last_error=last_error,
             uptime_s=round(time.monotonic() - self.started),
+            muted=self.integrations.mute.muted,
         )
         self.notifier.status(status_line(up.connected, ring.held_s, last_error))
 
     async def _capture(self) -> None:
+        mute = self.integrations.mute
         async for frame in frames(self.settings.capture, self.capture_stats):
-            self.ring.append(frame)
             self.notifier.frame_arrived(time.monotonic())
+            if mute.muted:
+                continue  # privacy: nothing leaves the device, nothing is kept for later
+            self.ring.append(frame)
             self.uplink.audio_arrived()
         log.info("capture: end of input")
         self._stop.set()

@@ -9,7 +9,10 @@ import sys
 from typing import Any
 
 from . import __version__, config, logs
+from .capture import CaptureError
 from .config import ConfigError, Settings
+from .outbox import OutboxError
+from .publish import PublishError
 
 
 def _settings(path: str | None) -> Settings:
@@ -121,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         logs.setup(settings.log.level)
         result: int = args.func(settings, args)
         return result
-    except ConfigError as exc:
+    except (ConfigError, OutboxError, PublishError, CaptureError) as exc:
         print(f"roomscribe: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

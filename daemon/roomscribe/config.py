@@ -110,6 +110,9 @@ class MqttSettings:
     # dropped from the outbox instead of sent (also on 3.1.1).
     max_age_s: int = 0
     publish_partials: bool = False
+    # Triggers and Hermes skip transcripts whose speech is older than this (a command
+    # said during an outage must not switch a light on minutes later).
+    trigger_max_age_s: float = 30.0
     # Retained state is published on change and at least this often.
     state_interval_s: float = 60.0
     # Durable outbox bound: about 1 KB per transcript, so 10 000 = ~10 MB on disk.
@@ -243,6 +246,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "mqtt.port": (1, 65535),
     "mqtt.keepalive_s": (5, 3600),
     "mqtt.max_age_s": (0, 2**32 - 1),
+    "mqtt.trigger_max_age_s": (0, 86400),
     "mqtt.state_interval_s": (1, 86400),
     "mqtt.outbox_max_entries": (10, 1_000_000),
     "mqtt.inflight_max": (1, 1000),

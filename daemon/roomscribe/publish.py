@@ -277,15 +277,19 @@ class Publisher:
             self._publish_state()
             await self._wait_wake(1.0)
 
-    def submit(self, t: Transcript) -> None:
-        """Store durably in the outbox, then wake the sender; no network wait."""
+    def submit(self, t: Transcript) -> str | None:
+        """Store durably in the outbox, then wake the sender; no network wait.
+
+        Returns the transcript's id (the dedupe key), or None if it could not be stored.
+        """
         try:
-            self._outbox.add(t, device=self._settings.device.id,
-                             room=self._settings.device.room)
+            entry = self._outbox.add(t, device=self._settings.device.id,
+                                     room=self._settings.device.room)
         except OutboxError as exc:
             self._error(str(exc))
-            return
+            return None
         self._wake.set()
+        return entry.id
 
     def partial(self, text: str) -> None:
         if not (self._m.publish_partials and self._connected):

@@ -1,0 +1,69 @@
+"""What the publish stage does beyond transcripts: Home Assistant discovery, the
+privacy mute switch, phrase triggers and Hermes. The builders are no-I/O modules of
+their own; this only registers them with the Publisher."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from . import discovery, hermes, mute, triggers
+from .config import Settings
+from .publish import Publisher
+from .transcript import Transcript
+
+log = logging.getLogger("roomscribe.integrations")
+
+
+class Integrations:
+    def __init__(self, settings: Settings, publisher: Publisher, state_dir: Path) -> None:
+        self.settings = settings
+        self.publisher = publisher
+        self.mute = mute.MuteState(state_dir)
+        m = settings.mqtt
+        self._mute_state_topic, mute_command_topic = mute.mute_topics(
+            m.topic_prefix, settings.device.id)
+        publisher.add_connect_hook(self._mute_message)
+        publisher.subscribe(mute_command_topic, self._on_mute_command)
+        if m.ha_discovery:
+            publisher.add_connect_hook(lambda: discovery.discovery_messages(settings))
+            publisher.subscribe(discovery.status_topic(m.ha_discovery_prefix),
+                                self._on_ha_status)
+
+    def _mute_message(self) -> list[mute.Message]:
+        m = self.settings.mqtt
+        return [mute.state_message(m.topic_prefix, self.settings.device.id, self.mute.muted)]
+
+    def _on_mute_command(self, _topic: str, body: bytes) -> None:
+        wanted = mute.parse_mute_command(body)
+        if wanted is None:
+            return
+        if self.mute.set(wanted):
+            log.info("privacy mute %s", "ON: no audio leaves the device" if wanted else "OFF")
+        for msg in self._mute_message():
+            self.publisher.send(msg)
+        self.publisher.update_state(muted=wanted)
+
+    def _on_ha_status(self, topic: str, body: bytes) -> None:
+        if discovery.should_rediscover(topic, body, self.settings.mqtt.ha_discovery_prefix):
+            log.info("Home Assistant came online: sending discovery again")
+            for msg in discovery.discovery_messages(self.settings):
+                self.publisher.send(msg)
+
+    def transcript(self, t: Transcript) -> None:
+        """Publish a transcript and whatever it sets off."""
+        entry_id = self.publisher.submit(t)
+        if entry_id is None:
+            return
+        s = self.settings
+        age_s = time.time() - t.captured_end
+        if age_s > s.mqtt.trigger_max_age_s:
+            # A command said during a long outage must not act now.
+            if s.triggers:
+                log.info("not firing triggers for a transcript %.0f s old", age_s)
+            return
+        for msg in [*triggers.messages(s.triggers, t.text, device=s.device.id,
+                                       room=s.device.room, entry_id=entry_id),
+                    *hermes.messages(s, t)]:
+            self.publisher.send(msg)
