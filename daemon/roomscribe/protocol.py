@@ -148,6 +148,8 @@ class ClientCore:
     _items: dict[str, _Item] = field(default_factory=dict)
     _open_unranged: bool = False  # a delta arrived from a server that reports no ranges
     _commit_pos: int | None = None
+    # The server has answered our last commit (so it has seen all audio before it).
+    commit_answered: bool = False
     # (sent position, time) samples for the silence rule; one a second is plenty and
     # settle_s bounds how many are kept.
     _sent_marks: deque[tuple[int, float]] = field(default_factory=deque)
@@ -193,6 +195,7 @@ class ClientCore:
 
     def commit(self) -> str:
         self._commit_pos = self.sent
+        self.commit_answered = False
         return commit_event()
 
     @property
@@ -245,8 +248,13 @@ class ClientCore:
             self._item(event).end = self._ms_to_sample(event["audio_end_ms"])
             return []
         if kind == "input_audio_buffer.committed":
+            self.commit_answered = True
             item = self._item(event)
-            if item.end is None and self._commit_pos is not None:
+            if "audio_start_ms" in event and item.start is None:
+                item.start = self._ms_to_sample(event["audio_start_ms"])
+            if "audio_end_ms" in event:
+                item.end = self._ms_to_sample(event["audio_end_ms"])
+            elif item.end is None and self._commit_pos is not None:
                 item.end = self._commit_pos  # manual commit covers all audio sent
             return []
         if kind == "conversation.item.input_audio_transcription.delta":
@@ -261,11 +269,14 @@ class ClientCore:
             text = event["transcript"]
             if not isinstance(text, str):
                 raise ValueError("transcript is not text")
+            if self._commit_pos is not None:
+                self.commit_answered = True
             return self._finish(event, now, text)
         if kind == "conversation.item.input_audio_transcription.failed":
             code, message = _error_fields(event)
             return [*self._finish(event, now, None), ServerError(code, message)]
         if kind == "error":
+            self.commit_answered = True
             code, message = _error_fields(event)
             return [ServerError(code, message)]
         return []  # unknown types are ignored, as the protocol asks

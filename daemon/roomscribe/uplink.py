@@ -213,15 +213,19 @@ class Uplink:
                     await self._audio.wait()
 
     async def _finish(self, ws: ClientConnection, reader: asyncio.Task[None]) -> None:
-        """Commit what was sent and wait (bounded) for the transcripts still owed."""
+        """Commit what was sent and wait (bounded) for the transcripts still owed.
+
+        The server answers a commit only after it has handled all audio before it, so
+        once it has, every segment it found is known and open segments are what we
+        still wait for.
+        """
         await ws.send(self.core.commit())
-        deadline = time.monotonic() + self.settings.final_timeout_s
-        # A commit with nothing open gets a committed/completed/error reply at most;
-        # what we wait for is every open segment to be settled.
-        await asyncio.sleep(0.2)
-        while self.core.segment_open and time.monotonic() < deadline:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.final_timeout_s
+        while (not self.core.commit_answered or self.core.segment_open) \
+                and loop.time() < deadline and not reader.done():
             await asyncio.sleep(0.05)
-        if self.core.segment_open:
+        if self.core.segment_open or not self.core.commit_answered:
             log.warning("uplink: stopped without the last transcript (waited %.0f s)",
                         self.settings.final_timeout_s)
         reader.cancel()
