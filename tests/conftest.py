@@ -86,3 +86,30 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     b = start_broker(tmp_path)
     yield b
     b.stop()
+
+
+NUMBERS = {"1813": "eighteen thirteen", "8": "eight"}
+
+
+def normal_words(text: str) -> list[str]:
+    """words() with the digits tiny.en writes spelled out as the references do."""
+    out: list[str] = []
+    for word in words(text):
+        out += NUMBERS.get(word, word).split()
+    return out
+
+
+def assert_heard(texts: list[str], references: list[str], min_ratio: float = 0.8) -> None:
+    """What a user checks: the words said arrive, in order, and none twice.
+
+    The order and loss check is an alignment of all words heard against all words
+    said (tiny.en mishears a word here and there); the duplicate check is that no
+    more words arrive than were said, give or take a misheard split.
+    """
+    import difflib
+
+    said = [w for ref in references for w in normal_words(ref)]
+    heard = [w for text in texts for w in normal_words(text)]
+    ratio = difflib.SequenceMatcher(a=said, b=heard, autojunk=False).ratio()
+    assert ratio >= min_ratio, f"heard {heard}\nsaid  {said}\nratio {ratio:.2f}"
+    assert len(heard) <= len(said) * 1.15 + 2, f"more words than said: {heard}"

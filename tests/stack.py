@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ import soxr
 from conftest import AUDIO_DIR, free_port, reference_texts, wait_port
 
 PYTHON = [sys.executable, "-m", "roomscribe"]
+SERVER = [sys.executable, "-m", "roomscribe.server"]
 CLIPS = ["jfk-44k1-stereo.wav", "lj002-0020-22k05.wav", "lj002-0035-22k05.wav",
          "ami-es2011a-16k.wav"]
 
@@ -120,11 +122,20 @@ def server_config(tmp: Path, port: int, extra: str = "") -> Path:
 
 def start_server(tmp: Path, port: int | None = None) -> tuple[Proc, int]:
     port = port or free_port()
-    proc = Proc([*PYTHON, "serve", "--config", str(server_config(tmp, port))],
+    proc = Proc([*SERVER, "--config", str(server_config(tmp, port))],
                 tmp / f"server-{port}.log")
     proc.start()
-    wait_port(port, timeout_s=120)
-    return proc, port
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.proc is not None
+        if proc.proc.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{proc.output()[-2000:]}")
+        try:
+            wait_port(port, timeout_s=0.5)
+            return proc, port
+        except TimeoutError:
+            pass
+    raise TimeoutError(f"server did not listen on {port}")
 
 
 def daemon_config(tmp: Path, *, server_port: int, broker_port: int, wav: Path | None = None,

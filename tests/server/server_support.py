@@ -1,0 +1,160 @@
+"""Shared helpers for the server tests: real speech at 16 kHz, one model per process,
+a sans-I/O driver that runs a Session's decode jobs synchronously, and an in-process
+server on a free port in a background thread."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import difflib
+import functools
+import json
+import threading
+import wave
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import soxr
+
+from roomscribe.config import ServerSettings
+from roomscribe.server.asr import Transcriber
+from roomscribe.server.handshake import ConnectParams
+from roomscribe.server.session import DecodeJob, Limits, Session
+from roomscribe.server.vad import VadParams
+
+AUDIO_DIR = (Path(__file__).resolve().parents[3] / "shared" / "audio").resolve()
+FILES = ["jfk-44k1-stereo.wav", "lj002-0020-22k05.wav", "lj002-0035-22k05.wav",
+         "ami-es2011a-16k.wav"]
+RATE = 16000
+DEFAULT_VAD = VadParams()
+NUMBERS = {"1813": "eighteen thirteen", "8": "eight"}
+
+
+def speech(name: str) -> npt.NDArray[np.int16]:
+    """A file of /work/shared/audio as 16 kHz mono int16 (down-mixed, soxr-resampled)."""
+    with wave.open(str(AUDIO_DIR / name)) as w:
+        rate, channels = w.getframerate(), w.getnchannels()
+        data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    mono = data.reshape(-1, channels).astype(np.float32).mean(axis=1) / 32768.0
+    out = soxr.resample(mono, rate, RATE) if rate != RATE else mono
+    return np.asarray(np.clip(out * 32768.0, -32768, 32767), dtype=np.int16)
+
+
+def silence(seconds: float) -> npt.NDArray[np.int16]:
+    return np.zeros(int(seconds * RATE), dtype=np.int16)
+
+
+@functools.cache
+def transcriber() -> Transcriber:
+    """The bundled tiny.en, loaded once per test process."""
+    return Transcriber()
+
+
+def normalise(text: str) -> list[str]:
+    from conftest import words
+
+    out: list[str] = []
+    for word in words(text):
+        out += NUMBERS.get(word, word).split()
+    return out
+
+
+def coverage(reference: str, transcript: str) -> float:
+    """Share of the reference's words found in the transcript; a near spelling of a
+    name counts (tiny.en writes Claflin as Klafflin, Abbie as Abi)."""
+    ref = normalise(reference)
+    got = set(normalise(transcript))
+    found = [w in got or bool(difflib.get_close_matches(w, got, n=1, cutoff=0.75))
+             for w in ref]
+    return sum(found) / len(ref)
+
+
+def params(vad: VadParams | None = DEFAULT_VAD, model: str = "openai/whisper-large-v3"
+           ) -> ConnectParams:
+    return ConnectParams(model=model, input_audio_format="pcm_s16le_16000",
+                         intent="transcription", vad=vad)
+
+
+def append(pcm: npt.NDArray[np.int16]) -> str:
+    return json.dumps({"type": "input_audio_buffer.append",
+                       "audio": base64.b64encode(pcm.astype("<i2").tobytes()).decode()})
+
+
+class Driver:
+    """Feeds a Session and runs its decode jobs right away, like a server with no load."""
+
+    def __init__(self, session: Session, partials: bool = True):
+        self.session = session
+        self.partials = partials
+        self.events: list[dict[str, Any]] = list(session.start())
+        self.jobs: list[DecodeJob] = []
+
+    def send(self, message: str | bytes) -> list[dict[str, Any]]:
+        before = len(self.events)
+        self._run(self.session.receive(message))
+        return self.events[before:]
+
+    def stream(self, pcm: npt.NDArray[np.int16], chunk_ms: int = 100) -> None:
+        step = RATE * chunk_ms // 1000
+        for i in range(0, len(pcm), step):
+            self.send(append(pcm[i:i + step]))
+
+    def _run(self, outputs: list[Any]) -> None:
+        # Like the server: a message's events go out before its jobs' results.
+        self.events += [o for o in outputs if isinstance(o, dict)]
+        for out in outputs:
+            if isinstance(out, dict):
+                continue
+            self.jobs.append(out)
+            if out.final or self.partials:
+                text = transcriber().transcribe(out.pcm, out.final)
+                self._run(self.session.decoded(out, text))
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == kind]
+
+    def transcripts(self) -> list[str]:
+        return [e["transcript"] for e in
+                self.of("conversation.item.input_audio_transcription.completed")]
+
+
+def driver(vad: VadParams | None = DEFAULT_VAD, limits: Limits | None = None,
+           partials: bool = True) -> Driver:
+    return Driver(Session(params(vad), limits), partials)
+
+
+@contextmanager
+def server(settings: ServerSettings | None = None) -> Iterator[int]:
+    """A real server on 127.0.0.1, free port, own event loop in a thread; yields the port."""
+    from roomscribe.server.app import RealtimeServer
+
+    base = replace(settings or ServerSettings(), host="127.0.0.1", port=0)
+    ready = threading.Event()
+    state: dict[str, Any] = {}
+
+    async def main() -> None:
+        srv = RealtimeServer(base, transcriber().transcribe)
+        state["port"] = await srv.start()
+        stop = asyncio.Event()
+        state["loop"], state["stop"] = asyncio.get_running_loop(), stop
+        ready.set()
+        try:
+            await stop.wait()
+        finally:
+            await srv.close()
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), name="test-server",
+                              daemon=True)
+    thread.start()
+    if not ready.wait(30):
+        raise TimeoutError("server did not start")
+    try:
+        yield int(state["port"])
+    finally:
+        state["loop"].call_soon_threadsafe(state["stop"].set)
+        thread.join(15)

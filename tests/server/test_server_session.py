@@ -1,0 +1,244 @@
+"""Protocol conformance of one session, driven directly (no socket): every client event
+of protocol.md, every server event, and bad input."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+from server_support import (
+    FILES,
+    RATE,
+    Driver,
+    append,
+    coverage,
+    driver,
+    params,
+    silence,
+    speech,
+)
+
+pytest.importorskip("faster_whisper")
+
+from conftest import reference_texts
+from roomscribe.server.session import DecodeJob, Limits, Session
+from roomscribe.server.vad import VadParams
+
+pytestmark = pytest.mark.server
+COMPLETED = "conversation.item.input_audio_transcription.completed"
+DELTA = "conversation.item.input_audio_transcription.delta"
+COMMIT = json.dumps({"type": "input_audio_buffer.commit"})
+
+
+def jfk_with_silence() -> np.ndarray:
+    return np.concatenate([silence(0.5), speech("jfk-44k1-stereo.wav"), silence(1.5)])
+
+
+# -- server events ---------------------------------------------------------------------
+def test_session_created_comes_first_with_its_fields() -> None:
+    first = Session(params()).start()
+    assert len(first) == 1
+    event = first[0]
+    assert event["type"] == "session.created"
+    assert event["event_id"]
+    s = event["session"]
+    assert s["id"] and s["object"] == "realtime.session"
+    assert s["modalities"] == ["audio"]
+    assert s["model"] == "openai/whisper-large-v3"
+    assert s["input_audio_format"] == "pcm_s16le_16000"
+    assert s["turn_detection"] == {"type": "server_vad", "threshold": 0.3,
+                                   "min_silence_duration_ms": 500,
+                                   "min_speech_duration_ms": 250,
+                                   "max_speech_duration_s": 5.0, "speech_pad_ms": 250}
+
+
+def test_manual_mode_reports_null_turn_detection() -> None:
+    assert Session(params(vad=None)).start()[0]["session"]["turn_detection"] is None
+
+
+def test_server_vad_events_deltas_and_completed() -> None:
+    d = driver()
+    d.stream(jfk_with_silence())
+    kinds = [e["type"] for e in d.events]
+    assert kinds[0] == "session.created"
+    assert all(e["event_id"] for e in d.events)
+    assert len({e["event_id"] for e in d.events}) == len(d.events)
+    started = d.of("input_audio_buffer.speech_started")
+    stopped = d.of("input_audio_buffer.speech_stopped")
+    committed = d.of("input_audio_buffer.committed")
+    done = d.of(COMPLETED)
+    assert len(started) == len(stopped) == len(committed) == len(done) >= 1
+    items = [e["item_id"] for e in started]
+    assert [e["item_id"] for e in stopped] == items
+    assert [e["item_id"] for e in committed] == items
+    assert [e["item_id"] for e in done] == items
+    assert [e["previous_item_id"] for e in committed] == [None, *items[:-1]]
+    # Times: inside the stream, ordered, the speech starts after the leading silence.
+    assert 300 <= started[0]["audio_start_ms"] <= 700
+    ends = [e["audio_end_ms"] for e in stopped]
+    assert ends == sorted(ends) and ends[-1] <= d.session.total // 16 + 1
+    for a, b in zip(stopped, started[1:], strict=False):
+        assert a["audio_end_ms"] <= b["audio_start_ms"] + 1
+    # Deltas carry the whole hypothesis in both fields, for the open item only.
+    deltas = d.of(DELTA)
+    assert deltas
+    for e in deltas:
+        assert e["delta"] == e["transcript"] and e["item_id"] in items
+    # Each item's deltas come before its completed.
+    order = [(e["type"], e.get("item_id")) for e in d.events]
+    for e in deltas:
+        assert order.index((DELTA, e["item_id"])) < order.index((COMPLETED, e["item_id"]))
+    text = " ".join(e["transcript"] for e in done)
+    assert coverage(reference_texts()["jfk-44k1-stereo.wav"], text) >= 0.8
+
+
+def test_failed_event_when_decoding_fails() -> None:
+    s = Session(params(vad=None))
+    s.receive(append(speech("lj002-0035-22k05.wav")))
+    out = s.receive(COMMIT)
+    job = next(o for o in out if isinstance(o, DecodeJob))
+    [failed] = s.decoded(job, None, "transcription failed: out of memory")
+    assert failed["type"] == "conversation.item.input_audio_transcription.failed"
+    assert failed["item_id"] == job.item_id and failed["event_id"]
+    assert set(failed["error"]) >= {"message", "type", "param", "code"}
+
+
+# -- client events ---------------------------------------------------------------------
+def test_append_has_no_reply() -> None:
+    assert Session(params()).receive(append(silence(0.1))) == []
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_commit_transcribes_each_file(name: str) -> None:
+    d = driver(vad=None)
+    d.stream(speech(name))
+    new = d.send(COMMIT)
+    assert [e["type"] for e in new] == ["input_audio_buffer.committed", COMPLETED]
+    assert new[0]["item_id"] == new[1]["item_id"]
+    assert new[0]["previous_item_id"] is None
+    assert new[1]["audio_end_ms"] == -(-len(speech(name)) * 1000 // RATE)  # ceil
+    assert coverage(reference_texts()[name], new[1]["transcript"]) >= 0.8
+
+
+def test_commit_in_vad_mode_closes_the_open_segment() -> None:
+    d = driver(partials=False)
+    d.stream(np.concatenate([silence(0.5), speech("lj002-0020-22k05.wav")]))
+    assert not d.of(COMPLETED)
+    new = d.send(COMMIT)
+    kinds = [e["type"] for e in new]
+    assert kinds[-3:] == ["input_audio_buffer.speech_stopped",
+                          "input_audio_buffer.committed", COMPLETED]
+    assert coverage(reference_texts()["lj002-0020-22k05.wav"], new[-1]["transcript"]) >= 0.8
+
+
+def test_commit_of_silence_answers_with_an_empty_transcript() -> None:
+    d = driver()
+    d.stream(silence(1.0))
+    new = d.send(COMMIT)
+    assert [e["type"] for e in new] == ["input_audio_buffer.committed", COMPLETED]
+    assert new[1]["transcript"] == "" and new[1]["audio_end_ms"] == 1000
+
+
+def test_clear_drops_buffered_audio() -> None:
+    d = driver(vad=None)
+    d.stream(speech("lj002-0035-22k05.wav"))
+    assert [e["type"] for e in d.send(json.dumps({"type": "input_audio_buffer.clear"}))] == [
+        "input_audio_buffer.cleared"]
+    assert d.session.buffered_samples == 0
+    d.stream(speech("lj002-0020-22k05.wav"))
+    done = d.send(COMMIT)[-1]
+    assert "press" not in done["transcript"].lower()
+
+
+@pytest.mark.parametrize("kind", ["transcription_session.updated",
+                                  "transcription_session.update", "session.update"])
+def test_session_update_changes_vad_and_is_acknowledged(kind: str) -> None:
+    d = driver()
+    new = d.send(json.dumps({"type": kind, "session": {"turn_detection": {
+        "type": "server_vad", "threshold": 0.5, "min_silence_duration_ms": 800}}}))
+    assert [e["type"] for e in new] == ["transcription_session.updated"]
+    td = new[0]["session"]["turn_detection"]
+    assert td["threshold"] == 0.5 and td["min_silence_duration_ms"] == 800
+    assert td["speech_pad_ms"] == 250  # unchanged fields keep their values
+    off = d.send(json.dumps({"type": kind, "session": {"turn_detection": None}}))
+    assert off[-1]["session"]["turn_detection"] is None
+
+
+def test_switching_vad_off_then_on_segments_the_buffered_audio() -> None:
+    d = driver(vad=None, partials=False)
+    d.stream(np.concatenate([silence(0.5), speech("lj002-0035-22k05.wav"), silence(1.5)]))
+    assert not d.of(COMPLETED)
+    d.send(json.dumps({"type": "transcription_session.updated",
+                       "session": {"turn_detection": {"type": "server_vad"}}}))
+    [done] = d.of(COMPLETED)
+    assert coverage(reference_texts()["lj002-0035-22k05.wav"], done["transcript"]) >= 0.8
+
+
+def test_bad_turn_detection_is_an_error_and_changes_nothing() -> None:
+    d = driver()
+    [err] = d.send(json.dumps({"type": "session.update",
+                               "session": {"turn_detection": {"threshold": 7}}}))
+    assert err["type"] == "error" and err["error"]["code"] == "invalid_value"
+    assert d.session.turn_detection == VadParams().as_json()
+
+
+# -- bad input ---------------------------------------------------------------------------
+@pytest.mark.parametrize(("message", "code", "param"), [
+    ("not json", "invalid_json", None),
+    ("[1, 2]", "invalid_json", None),
+    ('{"audio": "AAAA"}', "missing_field", "type"),
+    ('{"type": "response.create"}', "unknown_event_type", "type"),
+    ('{"type": "input_audio_buffer.append"}', "missing_field", "audio"),
+    ('{"type": "input_audio_buffer.append", "audio": 5}', "missing_field", "audio"),
+    ('{"type": "input_audio_buffer.append", "audio": "not base64!"}', "invalid_base64",
+     "audio"),
+    ('{"type": "input_audio_buffer.append", "audio": "' + base64.b64encode(b"abc").decode()
+     + '"}', "invalid_audio", "audio"),
+    ('{"type": "session.update"}', "missing_field", "session"),
+    ('{"type": "session.update", "session": {"turn_detection": 3}}', "invalid_value",
+     "session.turn_detection"),
+])
+def test_bad_input_is_an_error_event_and_the_session_goes_on(
+        message: str, code: str, param: str | None) -> None:
+    d = driver(vad=None)
+    [err] = d.send(message)
+    assert err["type"] == "error" and err["event_id"]
+    assert err["error"]["type"] == "invalid_request_error"
+    assert err["error"]["code"] == code and err["error"]["param"] == param
+    assert err["error"]["message"]
+    d.stream(speech("lj002-0035-22k05.wav"))
+    assert coverage(reference_texts()["lj002-0035-22k05.wav"],
+                    d.send(COMMIT)[-1]["transcript"]) >= 0.8
+
+
+def test_error_names_the_client_event_id() -> None:
+    [err] = Session(params()).receive('{"type": "nope", "event_id": "evt_42"}')
+    assert err["error"]["event_id"] == "evt_42"
+
+
+def test_binary_frame_is_an_error() -> None:
+    [err] = Session(params()).receive(b"\x00\x01")
+    assert err["error"]["code"] == "binary_not_supported"
+
+
+def test_manual_buffer_cap_forces_a_commit_instead_of_growing() -> None:
+    limits = Limits(buffer_samples=2 * RATE, partial_interval_samples=RATE)
+    d = Driver(Session(params(vad=None), limits))
+    d.stream(np.concatenate([speech("lj002-0035-22k05.wav"), silence(1.0)]))
+    assert len(d.of(COMPLETED)) == 1
+    assert d.session.buffered_samples < 2 * RATE
+
+
+def test_vad_segment_cap_bounds_memory_on_endless_speech() -> None:
+    limits = Limits(buffer_samples=3 * RATE, partial_interval_samples=RATE)
+    vad = VadParams(max_speech_duration_s=600)
+    d = Driver(Session(params(vad=vad), limits), partials=False)
+    clip = speech("jfk-44k1-stereo.wav")
+    peak = 0
+    for i in range(0, len(clip), 1600):
+        d.send(append(clip[i:i + 1600]))
+        peak = max(peak, d.session.buffered_samples)
+    assert peak <= 4 * RATE
+    assert len(d.of(COMPLETED)) >= 3

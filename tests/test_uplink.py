@@ -1,0 +1,136 @@
+"""The uplink against the real self-hosted server (a subprocess, as users run it):
+real speech in, the reference words out, once, in order, with capture times; and the
+same when the server dies mid-utterance or the network black-holes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import assert_heard, free_port, reference_texts
+from faultproxy import FaultProxy
+from roomscribe.audio import Frame
+from roomscribe.config import UplinkSettings
+from roomscribe.protocol import ClientCore
+from roomscribe.ring import Ring
+from roomscribe.transcript import Transcript
+from roomscribe.uplink import Uplink
+from stack import CLIPS, read_mono_16k, start_server
+
+pytestmark = pytest.mark.server
+T0 = 1_800_000_000.0
+BLOCK = 1024  # samples per captured frame (64 ms)
+
+
+def room_pcm(clips: list[str], gap_s: float = 2.0) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    parts, spans, t = [np.zeros(int(gap_s * 16000))], [], gap_s
+    for clip in clips:
+        speech = read_mono_16k(clip)
+        parts += [speech, np.zeros(int(gap_s * 16000))]
+        spans.append((t, t + len(speech) / 16000))
+        t += len(speech) / 16000 + gap_s
+    return np.concatenate(parts).astype(np.int16), spans
+
+
+def settings(port: int, **kw: float) -> UplinkSettings:
+    return UplinkSettings(url=f"ws://127.0.0.1:{port}/v1/realtime", final_timeout_s=30,
+                          backoff_max_s=1.0, connect_timeout_s=5, ping_interval_s=1,
+                          ping_timeout_s=2, **kw)  # type: ignore[arg-type]
+
+
+async def stream(uplink: Uplink, ring: Ring, pcm: np.ndarray, speed: float,
+                 faults: dict[float, object] | None = None) -> None:
+    """Capture at `speed` x real time, calling each fault at its audio time."""
+    faults = dict(faults or {})
+    task = asyncio.create_task(uplink.run())
+    for i in range(0, len(pcm), BLOCK):
+        t = i / 16000
+        for at in [k for k in faults if k <= t]:
+            fault = faults.pop(at)
+            await asyncio.to_thread(fault)  # type: ignore[arg-type]
+        ring.append(Frame(pcm[i:i + BLOCK].tobytes(), captured_at=T0 + t))
+        uplink.audio_arrived()
+        await asyncio.sleep(BLOCK / 16000 / speed)
+    uplink.stop()
+    await asyncio.wait_for(task, 90)
+
+
+def run(port: int, pcm: np.ndarray, speed: float = 4.0,
+        faults: dict[float, object] | None = None, **kw: float) -> list[Transcript]:
+    got: list[Transcript] = []
+    ring = Ring(600)
+    core = ClientCore(ring, model="openai/whisper-large-v3")
+    uplink = Uplink(settings(port, **kw), core, "", on_transcript=got.append)
+    asyncio.run(stream(uplink, ring, pcm, speed, faults))
+    return got
+
+
+def check(got: list[Transcript], clips: list[str], spans: list[tuple[float, float]]) -> None:
+    refs = reference_texts()
+    assert_heard([t.text for t in got], [refs[c] for c in clips])
+    # capture times: in order, the first transcript where the first clip was said
+    starts = [t.captured_start - T0 for t in got]
+    assert starts == sorted(starts)
+    first = got[0]
+    assert spans[0][0] - 0.6 <= first.captured_start - T0 <= spans[0][0] + 0.5
+    assert all(t.captured_end > t.captured_start for t in got)
+    last_start, last_end = spans[-1]
+    assert last_start < got[-1].captured_end - T0 <= last_end + 0.6
+
+
+def test_real_speech_through_the_uplink(tmp_path: Path) -> None:
+    server, port = start_server(tmp_path)
+    try:
+        pcm, spans = room_pcm(CLIPS)
+        got = run(port, pcm)
+    finally:
+        server.stop()
+    check(got, CLIPS, spans)
+    assert not any(t.replayed for t in got)
+    assert len({t.item_id for t in got}) == len(got)
+
+
+def test_server_killed_mid_utterance_and_back(tmp_path: Path) -> None:
+    port = free_port()
+    server, _ = start_server(tmp_path, port)
+    clips = CLIPS[:1]
+    pcm, spans = room_pcm(clips)
+    restarted: list[object] = []
+
+    def kill() -> None:
+        server.kill()
+
+    def restart() -> None:
+        restarted.append(start_server(tmp_path, port)[0])
+
+    try:
+        # killed 4 s into the JFK clip, back 8 s later (audio time; 4x speed)
+        got = run(port, pcm, faults={spans[0][0] + 4: kill, spans[0][0] + 12: restart},
+                  speed=1.0)
+    finally:
+        server.stop()
+        for p in restarted:
+            p.stop()  # type: ignore[attr-defined]
+    check(got, clips, spans)
+    assert any(t.replayed for t in got)
+
+
+def test_black_holed_server_is_detected_and_replayed(tmp_path: Path) -> None:
+    server, port = start_server(tmp_path)
+    proxy = FaultProxy(port)
+    clips = CLIPS[:1]
+    pcm, spans = room_pcm(clips, gap_s=2.0)
+    started = time.monotonic()
+    try:
+        got = run(proxy.port, pcm, speed=1.0,
+                  faults={spans[0][0] + 3: proxy.blackhole, spans[0][0] + 8: proxy.heal})
+    finally:
+        proxy.close()
+        server.stop()
+    check(got, clips, spans)
+    assert proxy.connections >= 2  # the dead socket was noticed and replaced
+    assert time.monotonic() - started < 80
