@@ -18,7 +18,9 @@ T0 = 1_700_000_000.0
 def core_with_audio(seconds: float, chunk: int = 4096) -> ClientCore:
     ring = Ring(600)
     ring.append(Frame(b"\x01\x00" * int(seconds * 16000), captured_at=T0))
-    return ClientCore(ring, model="openai/whisper-large-v3", chunk_samples=chunk)
+    core = ClientCore(ring, model="openai/whisper-large-v3", chunk_samples=chunk)
+    core.gate_open(0)  # gate off: one span from the first sample, never closed
+    return core
 
 
 def ev(kind: str, **fields: object) -> str:
@@ -171,3 +173,50 @@ def test_manual_commit_covers_everything_sent() -> None:
                            item_id="m", transcript="all of it"), 2)
     assert isinstance(t, Transcript) and t.captured_end == T0 + 2.0
     assert not core.segment_open and core.ring.start == 32000
+
+
+def test_gated_spans_skip_silence_and_map_times_across_the_gap() -> None:
+    ring = Ring(600)
+    core = ClientCore(ring, model="m", chunk_samples=4096, keep_samples=8000,
+                      idle_disconnect_s=30)
+    # 10 s captured; the gate sent [1 s, 3 s) and [6 s, 8 s), skipping 3..6 s
+    ring.append(Frame(b"\x01\x00" * 160000, captured_at=T0))
+    core.gate_open(16000)
+    core.gate_close(48000)
+    core.gate_open(96000)
+    core.gate_close(128000)
+    created(core)
+    sent = b"".join(drain(core))
+    assert len(sent) == 4 * 16000 * 2  # 4 s sent, not 10
+    assert core.commit_due() and core.commit_due() and not core.commit_due()
+    # the server's 2.5 s is ring 6.5 s: its timeline has no gap
+    core.receive(ev("input_audio_buffer.speech_started", item_id="g", audio_start_ms=2500), 1)
+    core.receive(ev("input_audio_buffer.committed", item_id="g",
+                    audio_start_ms=2500, audio_end_ms=4000), 1)
+    (t,) = core.receive(ev("conversation.item.input_audio_transcription.completed",
+                           item_id="g", transcript="after the gap"), 2)
+    assert isinstance(t, Transcript)
+    assert t.captured_start == T0 + 6.5 and t.captured_end == T0 + 8.0
+    # everything sent is settled, the spans are done: silence goes, less the pre-roll
+    core.tick(3)
+    assert ring.start == 160000 - 8000
+    assert core.wants_connection()
+    core.gate_idle()
+    assert not core.wants_connection()
+    core.gate_open(158000)
+    assert core.wants_connection()
+
+
+def test_span_end_on_a_run_boundary_stays_in_the_earlier_run() -> None:
+    ring = Ring(600)
+    core = ClientCore(ring, model="m", chunk_samples=16000)
+    ring.append(Frame(b"\x01\x00" * 64000, captured_at=T0))
+    core.gate_open(0)
+    core.gate_close(16000)
+    core.gate_open(32000)
+    created(core)
+    drain(core, flush=True)
+    core.receive(ev("input_audio_buffer.speech_stopped", item_id="b", audio_end_ms=1000), 1)
+    (t,) = core.receive(ev("conversation.item.input_audio_transcription.completed",
+                           item_id="b", transcript="first"), 1)
+    assert isinstance(t, Transcript) and t.captured_end == T0 + 1.0

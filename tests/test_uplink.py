@@ -64,6 +64,7 @@ def run(port: int, pcm: np.ndarray, speed: float = 4.0,
     got: list[Transcript] = []
     ring = Ring(600)
     core = ClientCore(ring, model="openai/whisper-large-v3")
+    core.gate_open(0)  # gate off: send everything
     uplink = Uplink(settings(port, **kw), core, "", on_transcript=got.append)
     asyncio.run(stream(uplink, ring, pcm, speed, faults))
     return got

@@ -16,6 +16,7 @@ import time
 from . import config
 from .capture import CaptureStats, frames
 from .config import Settings
+from .gate import Close, Gate, GateEvent, Open
 from .integrations import Integrations
 from .notify import Notifier, status_line
 from .outbox import Outbox
@@ -35,9 +36,12 @@ class Daemon:
         self.settings = settings
         up = settings.uplink
         self.ring = Ring(settings.buffer.seconds)
+        self.gate = Gate(settings.gate)
         self.core = ClientCore(
             self.ring, model=up.model, chunk_samples=up.chunk_ms * 16,
             min_silence_ms=up.vad.min_silence_duration_ms, pad_ms=up.vad.speech_pad_ms,
+            keep_samples=self.gate.lookback_samples,
+            idle_disconnect_s=settings.gate.idle_disconnect_s,
         )
         state = config.state_dir(settings)
         state.mkdir(parents=True, exist_ok=True)
@@ -80,11 +84,25 @@ class Daemon:
         async for frame in frames(self.settings.capture, self.capture_stats):
             self.notifier.frame_arrived(time.monotonic())
             if mute.muted:
-                continue  # privacy: nothing leaves the device, nothing is kept for later
+                # Privacy: nothing leaves the device, nothing is kept for later.
+                if self.gate.is_open:
+                    self._gate_events(self.gate.reset())
+                continue
+            events = self.gate.feed(frame.pcm, self.ring.end)
             self.ring.append(frame)
+            self._gate_events(events)
             self.uplink.audio_arrived()
         log.info("capture: end of input")
         self._stop.set()
+
+    def _gate_events(self, events: list[GateEvent]) -> None:
+        for event in events:
+            if isinstance(event, Open):
+                self.core.gate_open(event.from_sample)
+            elif isinstance(event, Close):
+                self.core.gate_close(event.to_sample)
+            else:
+                self.core.gate_idle()
 
     async def _state(self) -> None:
         while True:

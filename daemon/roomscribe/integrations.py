@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import discovery, hermes, mute, triggers
 from .config import Settings
+from .message import Message
 from .publish import Publisher
 from .transcript import Transcript
 
@@ -31,7 +32,7 @@ class Integrations:
             publisher.subscribe(discovery.status_topic(m.ha_discovery_prefix),
                                 self._on_ha_status)
 
-    def _mute_message(self) -> list[mute.Message]:
+    def _mute_message(self) -> list[Message]:
         m = self.settings.mqtt
         return [mute.state_message(m.topic_prefix, self.settings.device.id, self.mute.muted)]
 

@@ -44,7 +44,7 @@ def listen(settings: Settings, password: str, out: TextIO = sys.stdout,
 
     def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         nonlocal seen
-        print(format_transcript(msg.payload), file=out, flush=True)
+        print(format_transcript(bytes(msg.payload)), file=out, flush=True)
         seen += 1
         if count is not None and seen >= count:
             done.set()

@@ -21,6 +21,7 @@ import base64
 import binascii
 import json
 import uuid
+from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,9 +127,20 @@ class _Item:
     text: str = ""
 
 
+@dataclass(slots=True)
+class _Span:
+    """A range of ring samples the gate wants sent: [start, end), end None while open."""
+
+    start: int
+    end: int | None = None
+    committed: bool = False  # this connection already sent the commit after it
+
+
 @dataclass
 class ClientCore:
-    """One per daemon; survives reconnects (the ring and the outage flag carry over)."""
+    """One per daemon; survives reconnects (the ring, the spans and the outage flag
+    carry over). The gate's Open/Close events say which audio to send; with the gate
+    off, one span opens at the first sample and never closes."""
 
     ring: Ring
     model: str
@@ -137,54 +149,102 @@ class ClientCore:
     min_silence_ms: int = 500
     pad_ms: int = 250
     infer_margin_s: float = 1.0
+    # While the gate is closed, this much recent audio stays in the ring for a
+    # pre-roll (Gate.lookback_samples); older unsent audio is released unsent.
+    keep_samples: int = 0
+    # No span and nothing unsettled for this long: the socket may close.
+    idle_disconnect_s: float = float("inf")
     # Per-connection state.
     session_id: str = ""
     ready: bool = False
-    base: int = 0  # ring sample that is the server's sample 0
     sent: int = 0  # next ring sample to send
+    server_pos: int = 0  # samples sent on this connection
     live_point: int = 0  # audio before this was captured before the connection was up
     outage: bool = False  # a connection was lost earlier: later transcripts may be replays
     last_event_at: float = 0.0
+    commit_answered: bool = False  # the server answered our last commit
     _items: dict[str, _Item] = field(default_factory=dict)
     _open_unranged: bool = False  # a delta arrived from a server that reports no ranges
     _commit_pos: int | None = None
-    # The server has answered our last commit (so it has seen all audio before it).
-    commit_answered: bool = False
-    # (sent position, time) samples for the silence rule; one a second is plenty and
-    # settle_s bounds how many are kept.
+    _spans: deque[_Span] = field(default_factory=deque)
+    # (server sample, ring sample) where each contiguous run sent on this connection
+    # starts: the server's timeline has no gaps, the ring's does where the gate closed.
+    _runs: list[tuple[int, int]] = field(default_factory=list)
+    _idle: bool = False
+    # (sent position, time) samples for the silence rule; one a second, and settle_s
+    # bounds how many are kept.
     _sent_marks: deque[tuple[int, float]] = field(default_factory=deque)
 
     # -- connection lifecycle -------------------------------------------------
     def connection_made(self, now: float) -> None:
-        self.base = self.sent = self.ring.start
+        self.sent = self.ring.start
+        self.server_pos = 0
+        self._runs.clear()
         self.live_point = self.ring.end
         self.ready = False
         self.session_id = ""
         self.last_event_at = now
+        self.commit_answered = True
         self._items.clear()
         self._open_unranged = False
         self._commit_pos = None
         self._sent_marks.clear()
+        for span in self._spans:
+            span.committed = False
 
     def connection_lost(self) -> None:
         self.ready = False
         self.outage = True
 
+    # -- the gate ------------------------------------------------------------
+    def gate_open(self, from_sample: int) -> None:
+        self._spans.append(_Span(from_sample))
+        self._idle = False
+
+    def gate_close(self, to_sample: int) -> None:
+        if self._spans and self._spans[-1].end is None:
+            self._spans[-1].end = to_sample
+
+    def gate_idle(self) -> None:
+        self._idle = True
+
+    def wants_connection(self) -> bool:
+        """False once the gate has been idle long enough and everything is settled."""
+        return not (self._idle and not self._spans and self.settled)
+
+    @property
+    def settled(self) -> bool:
+        return not self.segment_open and self.ring.start >= self.sent and \
+            self.commit_answered
+
     # -- sending -------------------------------------------------------------
+    def _next_span(self) -> _Span | None:
+        for span in self._spans:
+            if span.end is None or span.end > self.sent:
+                return span
+        return None
+
     def next_append(self, now: float, flush: bool = False) -> str | None:
         """The next append frame, or None until a whole chunk is buffered (or flush)."""
         if not self.ready:
             return None
-        available = self.ring.end - max(self.sent, self.ring.start)
-        if available <= 0 or (available < self.chunk_samples and not flush):
+        span = self._next_span()
+        if span is None:
             return None
-        pos, pcm = self.ring.read(self.sent, self.chunk_samples)
-        if pos > self.sent:
-            # The ring overflowed past what we had not sent yet: the server's timeline
-            # now skips (pos - sent) samples, which we cannot express. Keep the mapping
-            # honest by treating the gap as if sent (it is counted as dropped).
-            self.base += pos - self.sent
-        self.sent = pos + len(pcm) // 2
+        pos = max(self.sent, span.start, self.ring.start)
+        stop = min(self.ring.end, span.end if span.end is not None else self.ring.end)
+        available = stop - pos
+        if available <= 0 or (available < self.chunk_samples and span.end is None
+                              and not flush):
+            return None
+        pos, pcm = self.ring.read(pos, min(available, self.chunk_samples))
+        if not self._runs or self._ring_at(self.server_pos, end=False) != pos:
+            # A gap the gate skipped (or a full ring dropped): the server's timeline
+            # runs on without it, so note where this run starts.
+            self._runs.append((self.server_pos, pos))
+        count = len(pcm) // 2
+        self.sent = pos + count
+        self.server_pos += count
         if not self._sent_marks or now - self._sent_marks[-1][1] >= 1.0:
             self._sent_marks.append((self.sent, now))
         else:
@@ -193,14 +253,35 @@ class ClientCore:
             self._sent_marks[-1] = (self.sent, self._sent_marks[-1][1])
         return append_event(pcm)
 
+    def commit_due(self) -> bool:
+        """A closed span has been sent whole: commit so its last words come now."""
+        for span in self._spans:
+            if span.end is not None and span.end <= self.sent and not span.committed \
+                    and self.ready:
+                span.committed = True
+                return True
+        return False
+
     def commit(self) -> str:
         self._commit_pos = self.sent
         self.commit_answered = False
         return commit_event()
 
+    def _ring_at(self, server_sample: int, end: bool) -> int:
+        """Ring sample of a server sample; an `end` on a run boundary stays in the
+        earlier run (ends are exclusive)."""
+        if not self._runs:
+            return self.sent + server_sample - self.server_pos
+        index = bisect_left(self._runs, (server_sample + (0 if end else 1), -1)) - 1
+        srv, ring = self._runs[max(0, index)]
+        return ring + server_sample - srv
+
     @property
     def backlog_s(self) -> float:
-        return max(0, self.ring.end - self.sent) / SAMPLE_RATE_HZ
+        span = self._next_span()
+        if span is None:
+            return 0.0
+        return max(0, self.ring.end - max(self.sent, span.start)) / SAMPLE_RATE_HZ
 
     @property
     def segment_open(self) -> bool:
@@ -230,10 +311,10 @@ class ClientCore:
         item_id = str(event.get("item_id") or "")
         return self._items.setdefault(item_id, _Item())
 
-    def _ms_to_sample(self, value: Any) -> int:
+    def _ms_to_sample(self, value: Any, end: bool = False) -> int:
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise ValueError(f"bad audio time {value!r}")
-        return self.base + int(value) * SAMPLES_PER_MS
+        return self._ring_at(int(value) * SAMPLES_PER_MS, end)
 
     def _dispatch(self, kind: str, event: dict[str, Any], now: float) -> list[Output]:
         if kind == "session.created":
@@ -245,7 +326,7 @@ class ClientCore:
             self._item(event).start = self._ms_to_sample(event["audio_start_ms"])
             return []
         if kind == "input_audio_buffer.speech_stopped":
-            self._item(event).end = self._ms_to_sample(event["audio_end_ms"])
+            self._item(event).end = self._ms_to_sample(event["audio_end_ms"], end=True)
             return []
         if kind == "input_audio_buffer.committed":
             self.commit_answered = True
@@ -253,7 +334,7 @@ class ClientCore:
             if "audio_start_ms" in event and item.start is None:
                 item.start = self._ms_to_sample(event["audio_start_ms"])
             if "audio_end_ms" in event:
-                item.end = self._ms_to_sample(event["audio_end_ms"])
+                item.end = self._ms_to_sample(event["audio_end_ms"], end=True)
             elif item.end is None and self._commit_pos is not None:
                 item.end = self._commit_pos  # manual commit covers all audio sent
             return []
@@ -285,7 +366,7 @@ class ClientCore:
         item_id = str(event.get("item_id") or "")
         item = self._items.pop(item_id, None) or _Item()
         self._open_unranged = False
-        start = item.start if item.start is not None else max(self.base, self.ring.start)
+        start = item.start if item.start is not None else self.ring.start
         if item.end is not None:
             end = item.end
         else:
@@ -308,6 +389,19 @@ class ClientCore:
         for item in self._items.values():
             upto = min(upto, item.start if item.start is not None else self.ring.start)
         self.ring.release(min(upto, self.sent))
+        self._release_gap()
+
+    def _release_gap(self) -> None:
+        """Audio the gate will never send goes once everything sent is settled."""
+        while self._spans and self._spans[0].end is not None \
+                and self._spans[0].end <= self.ring.start:
+            self._spans.popleft()
+        if self.segment_open or self.ring.start < self.sent:
+            return
+        upto = self._spans[0].start if self._spans else self.ring.end - self.keep_samples
+        if upto > self.ring.start:
+            self.ring.release(upto)
+            self.sent = max(self.sent, self.ring.start)
 
     def _settle_silence(self, now: float) -> None:
         if self._open_unranged:
@@ -319,6 +413,7 @@ class ClientCore:
             self._release(horizon)
 
     def tick(self, now: float) -> None:
-        """Called periodically while connected so silence settles without events."""
+        """Called periodically so silence settles without events."""
         if self.ready:
             self._settle_silence(now)
+        self._release_gap()

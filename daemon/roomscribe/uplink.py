@@ -106,13 +106,24 @@ class Uplink:
                 reraise=True,
             )
             try:
+                await self._wanted()
                 async for attempt in retrying:
                     with attempt:
                         await self._session()
-                return  # a session ended cleanly: stop was asked and done
+                if self._stopping.is_set():
+                    return  # the last session flushed and ended cleanly
             except _HealthyDrop:
                 self.reconnects += 1
                 continue
+
+    async def _wanted(self) -> None:
+        """With the gate idle there is nothing to send: stay disconnected until speech."""
+        while not self.core.wants_connection() and not self._stopping.is_set():
+            self._audio.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._audio.wait()
+            self.core.tick(time.monotonic())
 
     async def _session(self) -> None:
         s = self.settings
@@ -200,8 +211,16 @@ class Uplink:
             if frame is not None:
                 await ws.send(frame)
                 continue
+            if self.core.commit_due():
+                await ws.send(self.core.commit())
+                continue
             if self._stopping.is_set():
                 await self._finish(ws, reader)
+                return
+            if not self.core.wants_connection():
+                log.info("uplink: no speech for a while; closing the connection until "
+                         "the next words")
+                reader.cancel()
                 return
             if self.core.stalled(now, s.answer_timeout_s):
                 raise UplinkError(f"server silent for {s.answer_timeout_s:.0f} s "
