@@ -7,8 +7,8 @@ import wave
 import numpy as np
 import pytest
 import soxr
-from conftest import AUDIO_DIR
 
+from conftest import AUDIO_DIR
 from roomscribe.convert import Converter
 
 

@@ -1,0 +1,112 @@
+"""`roomscribe level`: a live input meter for placing and gain-staging the microphone.
+
+`Meter` is plain arithmetic on 16 kHz s16le (no I/O); `run_level` is the shell that
+prints one updating line about every 200 ms. Clipping is counted after conversion: a
+full-scale sample there means the input hit full scale (a clip in just one channel of
+a down-mix can hide).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from dataclasses import dataclass
+from typing import TextIO
+
+import numpy as np
+
+from .capture import CaptureStats, frames
+from .config import CaptureSettings
+
+FLOOR_DBFS = -120.0
+_FULL_SCALE = 32768.0
+_CLIP_AT = 32767  # |sample| at or above this is clipped (-32768 included)
+_BAR_WIDTH = 30
+_BAR_RANGE_DB = 60.0  # the bar spans -60..0 dBFS, where speech and noise floors live
+
+
+@dataclass(frozen=True)
+class Level:
+    rms_dbfs: float
+    peak_dbfs: float
+    clipped: int
+    samples: int
+
+
+def dbfs(value: float) -> float:
+    return max(FLOOR_DBFS, 20 * math.log10(value / _FULL_SCALE)) if value > 0 else FLOOR_DBFS
+
+
+class Meter:
+    """RMS, peak and clipped-sample count over everything added since the last take()."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._sum_squares = 0.0
+        self._peak = 0
+        self._clipped = 0
+        self._samples = 0
+
+    def add(self, pcm: bytes) -> None:
+        x = np.frombuffer(pcm, dtype="<i2")
+        if not len(x):
+            return
+        wide = x.astype(np.float64)  # squares overflow int32; abs(-32768) overflows int16
+        self._sum_squares += float(np.dot(wide, wide))
+        mags = np.abs(wide)
+        self._peak = max(self._peak, int(mags.max()))
+        self._clipped += int(np.count_nonzero(mags >= _CLIP_AT))
+        self._samples += len(x)
+
+    def take(self) -> Level:
+        rms = math.sqrt(self._sum_squares / self._samples) if self._samples else 0.0
+        level = Level(dbfs(rms), dbfs(self._peak), self._clipped, self._samples)
+        self._reset()
+        return level
+
+
+def format_level(level: Level) -> str:
+    filled = round(_BAR_WIDTH * (1 + level.rms_dbfs / _BAR_RANGE_DB))
+    filled = min(_BAR_WIDTH, max(0, filled))
+    bar = "#" * filled + "-" * (_BAR_WIDTH - filled)
+    clip = f"  CLIP x{level.clipped}" if level.clipped else ""
+    return (f"rms {level.rms_dbfs:6.1f} dBFS  peak {level.peak_dbfs:6.1f} dBFS  "
+            f"[{bar}]{clip}")
+
+
+async def run_level(settings: CaptureSettings, out: TextIO = sys.stdout,
+                    duration_s: float | None = None, interval_s: float = 0.2) -> None:
+    """Print the level until `duration_s` has been captured (None: until cancelled)."""
+    stats = CaptureStats()
+    meter = Meter()
+    live = out.isatty()
+    captured = 0
+    next_print = time.monotonic() + interval_s
+
+    def show(line: str) -> None:
+        # On a terminal one line updates in place; piped, every reading is a line.
+        out.write(f"\r{line}\x1b[K" if live else f"{line}\n")
+        out.flush()
+
+    try:
+        async with contextlib.aclosing(frames(settings, stats)) as source:
+            async for frame in source:
+                meter.add(frame.pcm)
+                captured += frame.samples
+                done = duration_s is not None and captured >= duration_s * 16000
+                if time.monotonic() >= next_print or done:
+                    next_print = time.monotonic() + interval_s
+                    line = format_level(meter.take())
+                    if stats.overruns or stats.dropped_blocks:
+                        line += f"  overruns {stats.overruns} dropped {stats.dropped_blocks}"
+                    show(line)
+                if done:
+                    break
+    finally:
+        if live:
+            out.write("\n")
+            out.flush()
