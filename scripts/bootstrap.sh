@@ -29,4 +29,4 @@ if ! command -v uv >/dev/null; then
     || python3 -m pip install --quiet uv
 fi
 cd "$ROOT"
-uv sync --quiet --locked --extra server "$@"
+uv sync --quiet --locked --extra server

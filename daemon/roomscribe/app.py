@@ -12,8 +12,10 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import AsyncIterator
 
 from . import config
+from .audio import Frame
 from .capture import CaptureStats, frames
 from .config import Settings
 from .gate import Close, Gate, GateEvent, Open
@@ -80,8 +82,15 @@ class Daemon:
         self.notifier.status(status_line(up.connected, ring.held_s, last_error))
 
     async def _capture(self) -> None:
+        source = frames(self.settings.capture, self.capture_stats)
+        async with contextlib.aclosing(source):
+            await self._pump(source)
+        log.info("capture: end of input")
+        self._stop.set()
+
+    async def _pump(self, source: AsyncIterator[Frame]) -> None:
         mute = self.integrations.mute
-        async for frame in frames(self.settings.capture, self.capture_stats):
+        async for frame in source:
             self.notifier.frame_arrived(time.monotonic())
             if mute.muted:
                 # Privacy: nothing leaves the device, nothing is kept for later.
@@ -92,8 +101,6 @@ class Daemon:
             self.ring.append(frame)
             self._gate_events(events)
             self.uplink.audio_arrived()
-        log.info("capture: end of input")
-        self._stop.set()
 
     def _gate_events(self, events: list[GateEvent]) -> None:
         for event in events:

@@ -222,7 +222,7 @@ def open_pcm(settings: CaptureSettings) -> Pcm:
         pcm = alsaaudio.PCM(type=alsaaudio.PCM_CAPTURE, mode=alsaaudio.PCM_NORMAL,
                             device=settings.device, channels=settings.channels,
                             rate=settings.rate_hz, format=alsaaudio.PCM_FORMAT_S16_LE,
-                            periodsize=settings.period_frames)
+                            periodsize=settings.period_frames or settings.rate_hz // 10)
     except alsaaudio.ALSAAudioError as exc:
         raise DeviceUnavailable(f"capture.device {settings.device!r}: {_reason(exc)}") from None
     info = pcm.info()

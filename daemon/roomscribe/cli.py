@@ -54,7 +54,12 @@ def cmd_devices(_settings: Settings, _args: argparse.Namespace) -> int:
         print("no ALSA capture devices found")
         return 1
     for dev in devices:
-        print(dev.describe())
+        if dev.error:
+            print(f"{dev.name}: unavailable ({dev.error})")
+        else:
+            rates = ", ".join(str(r) for r in dev.rates_hz) or "none of the common rates"
+            chans = ", ".join(str(c) for c in dev.channels) or "?"
+            print(f"{dev.name}: rates_hz {rates}; channels {chans}")
     return 0
 
 

@@ -48,6 +48,7 @@ def setup(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # Libraries' debug chatter (websockets frames carry audio) stays out of INFO logs.
+    # Libraries' chatter (websockets frames carry audio; faster-whisper logs every
+    # decode) stays out of the journal unless asked for with level = "debug".
     for noisy in ("websockets", "faster_whisper"):
-        logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,156 @@
+"""`roomscribe check --connect`: try each part for real, one line each, with a fix.
+
+The microphone must open at the configured format and hear something; the
+transcription server must accept the key and start a session; the broker must accept
+the login. Exit status 0 when every part works, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import paho.mqtt.client as mqtt
+import websockets
+from paho.mqtt.enums import CallbackAPIVersion
+from websockets.exceptions import InvalidStatus
+
+from . import config, protocol
+from .capture import CaptureError, CaptureStats, frames
+from .config import Settings
+from .level import Meter
+from .retry import describe
+from .ring import Ring
+
+MIC_LISTEN_S = 2.0
+SILENT_PEAK_DBFS = -80.0
+
+
+@dataclass(frozen=True)
+class Result:
+    part: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        mark = "ok  " if self.ok else "FAIL"
+        fix = f" -> {self.fix}" if self.fix and not self.ok else ""
+        return f"{mark} {self.part}: {self.detail}{fix}"
+
+
+async def check_mic(settings: Settings) -> Result:
+    cap = settings.capture
+    what = cap.file if cap.source == "file" else (
+        "stdin" if cap.source == "stdin" else
+        f"{cap.device} at {cap.rate_hz} Hz x {cap.channels}")
+    stats, meter, heard = CaptureStats(), Meter(), 0.0
+    try:
+        async with asyncio.timeout(MIC_LISTEN_S + 3.0):
+            source = frames(cap, stats)
+            async with contextlib.aclosing(source):
+                async for frame in source:
+                    meter.add(frame.pcm)
+                    heard += frame.duration_s
+                    if heard >= MIC_LISTEN_S:
+                        break
+    except CaptureError as exc:
+        return Result("microphone", False, str(exc),
+                      "check capture.device with `roomscribe devices`")
+    except TimeoutError:
+        return Result("microphone", False,
+                      f"{what}: no audio within {MIC_LISTEN_S + 3:.0f} s"
+                      f"{' (' + stats.last_error + ')' if stats.last_error else ''}",
+                      "is the mic plugged in and capture.device right? "
+                      "(`roomscribe devices`)")
+    level = meter.take()
+    if level.peak_dbfs <= SILENT_PEAK_DBFS:
+        return Result("microphone", False, f"{what}: opens but hears nothing "
+                      f"(peak {level.peak_dbfs:.0f} dBFS)",
+                      "raise the capture gain (alsamixer) or pick another channel")
+    return Result("microphone", True, f"{what}: {level.rms_dbfs:.0f} dBFS rms, "
+                  f"peak {level.peak_dbfs:.0f} dBFS, {level.clipped} clipped samples")
+
+
+async def check_server(settings: Settings) -> Result:
+    up = settings.uplink
+    where = up.url.split("?")[0]
+    try:
+        key = config.api_key(settings)
+        async with asyncio.timeout(up.connect_timeout_s):
+            async with websockets.connect(protocol.connect_url(up),
+                                          additional_headers=protocol.headers(key)) as ws:
+                first = await ws.recv()
+    except config.ConfigError as exc:
+        return Result("transcription server", False, str(exc), "set the API key")
+    except InvalidStatus as exc:
+        fix = ("check the API key (TOGETHER_API_KEY or uplink.api_key_file)"
+               if exc.response.status_code in (401, 403) else "check uplink.url and model")
+        return Result("transcription server", False, f"{where}: {describe(exc)}", fix)
+    except (OSError, TimeoutError, websockets.WebSocketException) as exc:
+        return Result("transcription server", False, f"{where}: {describe(exc)}",
+                      "is the server running and uplink.url right? (`roomscribe serve`)")
+    outputs = protocol.ClientCore(ring=Ring(1), model=up.model).receive(first, 0.0)
+    if outputs and isinstance(outputs[0], protocol.Ready):
+        return Result("transcription server", True,
+                      f"{where}: session {outputs[0].session_id} started ({up.model})")
+    return Result("transcription server", False, f"{where}: unexpected first event {first!r:.80}",
+                  "is uplink.url a realtime transcription endpoint?")
+
+
+def check_broker(settings: Settings) -> Result:
+    m = settings.mqtt
+    where = f"{m.host}:{m.port}"
+    done = threading.Event()
+    outcome: list[Result] = []
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                         protocol=mqtt.MQTTv5 if m.protocol == "5" else mqtt.MQTTv311)
+    if m.username:
+        client.username_pw_set(m.username, config.mqtt_password(settings) or None)
+
+    def on_connect(_c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            outcome.append(Result("broker", False, f"{where}: refused: {reason}",
+                                  "check mqtt.username and the password"))
+        else:
+            outcome.append(Result("broker", True, f"{where}: login accepted"
+                                  f"{' as ' + m.username if m.username else ''}"))
+        done.set()
+
+    client.on_connect = on_connect
+    try:
+        if m.tls:
+            client.tls_set(ca_certs=m.ca_file or None, certfile=m.cert_file or None,
+                           keyfile=m.key_file or None)
+        client.connect(m.host, m.port, keepalive=m.keepalive_s)
+    except (OSError, ValueError) as exc:
+        return Result("broker", False, f"{where}: {describe(exc)}",
+                      "is the broker running and mqtt.host/port/tls right?")
+    client.loop_start()
+    try:
+        if not done.wait(10):
+            return Result("broker", False, f"{where}: no answer within 10 s",
+                          "is this an MQTT port?")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return outcome[0]
+
+
+def check_connect(settings: Settings, out: TextIO = sys.stdout) -> int:
+    checks: list[Callable[[], Result]] = [
+        lambda: asyncio.run(check_mic(settings)),
+        lambda: asyncio.run(check_server(settings)),
+        lambda: check_broker(settings),
+    ]
+    results = []
+    for check in checks:
+        result = check()
+        results.append(result)
+        print(result.line(), file=out, flush=True)
+    return 0 if all(r.ok for r in results) else 1

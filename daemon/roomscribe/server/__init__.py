@@ -1,0 +1,7 @@
+"""The self-hosted realtime transcription server (`roomscribe serve`).
+
+Speaks the protocol in docs of the realtime socket (Together's, with OpenAI's extra
+VAD events) backed by faster-whisper: `handshake` and `session` are sans-I/O, `vad`
+segments speech as it streams in, `asr` shares one model fairly across sessions, and
+`app` is the websockets shell.
+"""

@@ -1,0 +1,198 @@
+"""The websockets shell around `Session` and `Scheduler`.
+
+Per connection: the handler reads messages and feeds the session; a sender task writes
+the session's events in order; a results task turns finished decodes into events.
+Handshake failures are HTTP errors with a JSON body, decided in `process_request`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from http import HTTPStatus
+
+import numpy as np
+import numpy.typing as npt
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
+from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
+
+from ..audio import SAMPLE_RATE_HZ
+from ..config import ServerSettings
+from . import handshake
+from .asr import Scheduler
+from .session import DecodeJob, Event, Limits, Session
+
+log = logging.getLogger(__name__)
+
+# Messages websockets holds per connection before the handler reads them:
+# max_queue x max_message_bytes (4 x 1 MiB default) per connection.
+MAX_QUEUE = 4
+# Batches of events waiting for a slow client; past it the reader stops reading.
+OUT_QUEUE = 64
+CLOSE_TIMEOUT_S = 2.0
+
+
+class RealtimeServer:
+    def __init__(self, settings: ServerSettings,
+                 transcribe: Callable[[npt.NDArray[np.int16], bool], str]):
+        self.settings = settings
+        self.scheduler = Scheduler(transcribe, settings.queue_max)
+        self.limits = Limits(
+            buffer_samples=int(settings.session_buffer_s * SAMPLE_RATE_HZ),
+            partial_interval_samples=settings.partial_interval_ms * SAMPLE_RATE_HZ // 1000)
+        self.active = 0
+        self.port = 0
+        self._server: Server | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+
+    # -- handshake -------------------------------------------------------------------
+    def _check(self, request: Request) -> handshake.ConnectParams | handshake.HandshakeError:
+        offered = [p.strip() for value in request.headers.get_all("Sec-WebSocket-Protocol")
+                   for p in value.split(",") if p.strip()]
+        return handshake.check(request.path, request.headers.get("Authorization"),
+                               offered, self.settings.tokens)
+
+    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        result = self._check(request)
+        if isinstance(result, handshake.HandshakeError):
+            return _json_response(connection, result)
+        if self.active >= self.settings.max_sessions:
+            return _json_response(connection, handshake.HandshakeError(
+                503, "server_busy", f"all {self.settings.max_sessions} sessions are in use; "
+                "try again later", type="server_error"))
+        return None
+
+    @staticmethod
+    def select_subprotocol(connection: ServerConnection,
+                           offered: Sequence[Subprotocol]) -> Subprotocol | None:
+        chosen = handshake.select_subprotocol(offered)
+        return Subprotocol(chosen) if chosen else None
+
+    # -- connection --------------------------------------------------------------------
+    async def handler(self, ws: ServerConnection) -> None:
+        assert ws.request is not None
+        params = self._check(ws.request)
+        if isinstance(params, handshake.HandshakeError):  # process_request let it by
+            await ws.close(CloseCode.POLICY_VIOLATION, params.code)
+            return
+        if self.active >= self.settings.max_sessions:  # raced past process_request
+            await ws.close(CloseCode.TRY_AGAIN_LATER, "server busy")
+            return
+        self.active += 1
+        session = Session(params, self.limits)
+        outq: asyncio.Queue[list[Event]] = asyncio.Queue(OUT_QUEUE)
+        # Results of this session's jobs: at most the queued finals (queue_max, the
+        # reader stops submitting when outq is full) + one partial running + one queued.
+        results: asyncio.Queue[tuple[DecodeJob, str | None, str | None]] = asyncio.Queue(
+            self.settings.queue_max + 2)
+
+        def deliver(job: DecodeJob, text: str | None, error: str | None) -> None:
+            try:
+                results.put_nowait((job, text, error))
+            except asyncio.QueueFull:
+                log.error("session %s: result queue full, dropping %s", session.id,
+                          job.item_id)
+
+        tasks = [asyncio.create_task(self._send(ws, outq), name=f"ws-send-{session.id}"),
+                 asyncio.create_task(self._results(session, results, outq),
+                                     name=f"ws-results-{session.id}")]
+        log.info("session %s opened from %s", session.id, ws.remote_address)
+        try:
+            await outq.put(session.start())
+            async for message in ws:
+                try:
+                    outputs = session.receive(message)
+                except Exception:  # a bug must cost one message, not the server
+                    log.exception("session %s: message failed", session.id)
+                    continue
+                events = [o for o in outputs if isinstance(o, dict)]
+                if events:
+                    await outq.put(events)
+                for job in outputs:
+                    if isinstance(job, DecodeJob):
+                        await self.scheduler.submit(job, deliver)
+                if tasks[0].done():
+                    break
+        except ConnectionClosed:
+            pass
+        finally:
+            self.scheduler.forget(session.id)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.active -= 1
+            log.info("session %s closed (%s)", session.id, ws.close_code)
+
+    @staticmethod
+    async def _send(ws: ServerConnection, outq: asyncio.Queue[list[Event]]) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                for event in await outq.get():
+                    await ws.send(json.dumps(event))
+
+    @staticmethod
+    async def _results(session: Session,
+                       results: asyncio.Queue[tuple[DecodeJob, str | None, str | None]],
+                       outq: asyncio.Queue[list[Event]]) -> None:
+        while True:
+            job, text, error = await results.get()
+            try:
+                events = [o for o in session.decoded(job, text, error) if isinstance(o, dict)]
+            except Exception:
+                log.exception("session %s: result failed", session.id)
+                continue
+            if events:
+                await outq.put(events)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self, host: str | None = None, port: int | None = None) -> int:
+        """Listen; returns the bound port (useful with port 0)."""
+        self._dispatcher = asyncio.create_task(self.scheduler.run(), name="asr-dispatcher")
+        self._server = await serve(
+            self.handler, host or self.settings.host,
+            self.settings.port if port is None else port,
+            process_request=self.process_request,
+            select_subprotocol=self.select_subprotocol,
+            max_size=self.settings.max_message_bytes, max_queue=MAX_QUEUE,
+            close_timeout=CLOSE_TIMEOUT_S)
+        sockets = list(self._server.sockets)
+        self.port = int(sockets[0].getsockname()[1]) if sockets else 0
+        return self.port
+
+    async def close(self) -> None:
+        """Close every connection (1001) and stop the dispatcher; bounded in time."""
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), CLOSE_TIMEOUT_S * 2)
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            await asyncio.gather(self._dispatcher, return_exceptions=True)
+        self.scheduler.close()
+
+
+@contextlib.asynccontextmanager
+async def running(settings: ServerSettings,
+                  transcribe: Callable[[npt.NDArray[np.int16], bool], str],
+                  host: str | None = None, port: int | None = None,
+                  ) -> AsyncIterator[RealtimeServer]:
+    server = RealtimeServer(settings, transcribe)
+    await server.start(host, port)
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+def _json_response(connection: ServerConnection,
+                   error: handshake.HandshakeError) -> Response:
+    response = connection.respond(HTTPStatus(error.status), error.body())
+    del response.headers["Content-Type"]
+    response.headers["Content-Type"] = "application/json"
+    return response

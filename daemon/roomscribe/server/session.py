@@ -1,0 +1,362 @@
+"""One realtime session as a sans-I/O state machine: JSON text in, events and jobs out.
+
+`Session.receive()` takes a client message and returns server events (dicts to send
+as JSON, in order) and `DecodeJob`s (audio for the shared model). `Session.decoded()`
+takes a job's result and returns the events it causes. Nothing here touches a socket,
+a thread or a clock, so the whole protocol is testable by calling methods.
+
+Timing fields. Every position is a sample number since the session's first sample
+(16 per ms). A segment is the half-open range of samples [start, end) that was
+transcribed; `start` and `end` include `speech_pad_ms` of padding on each side (less
+where a neighbour's pad would overlap: then the gap is split at its midpoint, and
+never before the previous segment's end or a commit).
+
+- `speech_started.audio_start_ms` = floor(start / 16).
+- `speech_stopped.audio_end_ms` = ceil(end / 16): every sample the segment's
+  transcript covers lies before it, trailing pad included. Audio before it that
+  belongs to no segment was silence (or speech shorter than min_speech) and is
+  discarded. It is safe for a client to drop audio before the `audio_end_ms` of a
+  segment once that segment's `completed` (or `failed`) has arrived.
+- `committed` and `completed` carry the same `audio_start_ms` / `audio_end_ms`.
+  With turn detection off, a commit's segment is everything since the previous
+  commit (or clear), up to the last sample received.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..audio import BYTES_PER_SAMPLE, SAMPLE_RATE_HZ
+from .handshake import ConnectParams
+from .vad import Closed, Started, StreamingVad, VadEvent, VadParams
+
+SAMPLES_PER_MS = SAMPLE_RATE_HZ // 1000
+UPDATE_TYPES = ("transcription_session.updated", "transcription_session.update",
+                "session.update")
+Event = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DecodeJob:
+    session_id: str
+    item_id: str
+    final: bool
+    pcm: npt.NDArray[np.int16]
+    seq: int = 0  # partials of one item, in order
+
+
+Output = Event | DecodeJob
+
+
+@dataclass(frozen=True)
+class Limits:
+    # Most audio held for one segment (session_buffer_s x 16 000 samples).
+    buffer_samples: int = 120 * SAMPLE_RATE_HZ
+    partial_interval_samples: int = 700 * SAMPLES_PER_MS
+
+
+class BadRequest(Exception):
+    def __init__(self, code: str, message: str, param: str | None = None):
+        super().__init__(message)
+        self.code, self.message, self.param = code, message, param
+
+
+def _floor_ms(sample: int) -> int:
+    return sample // SAMPLES_PER_MS
+
+
+def _ceil_ms(sample: int) -> int:
+    return -(-sample // SAMPLES_PER_MS)
+
+
+class Session:
+    def __init__(self, params: ConnectParams, limits: Limits | None = None,
+                 session_id: str | None = None):
+        self.id = session_id or f"sess_{uuid.uuid4().hex[:20]}"
+        self.params = params
+        self.limits = limits or Limits()
+        self.total = 0  # samples received
+        # Audio that may still be transcribed, from sample _buf_start on. Bounded by
+        # the segment cap: at most ~buffer_samples + pads + min_silence, x 2 bytes
+        # (120 s default = 3.84 MB), plus one message while it is being processed.
+        self._buf = bytearray()
+        self._buf_start = 0
+        self._vad: StreamingVad | None = None
+        if params.vad is not None:
+            self._vad = self._new_vad(params.vad, origin=0)
+        self._started: deque[tuple[str, int]] = deque()  # (item, start) without a Closed
+        self._ranges: dict[str, tuple[int, int]] = {}  # item -> (start, end), until done
+        self._awaiting: deque[str] = deque()  # finals sent to the model, in order
+        self._previous_item: str | None = None
+        self._next_partial_at = 0
+        self._partial_seq = 0
+        self._partial_shown = 0
+        self._events = 0
+
+    # -- public ------------------------------------------------------------------
+    @property
+    def turn_detection(self) -> dict[str, Any] | None:
+        return None if self._vad is None else self._vad.segmenter.params.as_json()
+
+    @property
+    def buffered_samples(self) -> int:
+        return len(self._buf) // BYTES_PER_SAMPLE
+
+    def start(self) -> list[Event]:
+        return [self._event("session.created", session=self._describe())]
+
+    def receive(self, message: str | bytes) -> list[Output]:
+        if isinstance(message, bytes):
+            return [self._error("binary_not_supported", "binary frames are not "
+                                "supported; send JSON text events", None, None)]
+        client_event_id: str | None = None
+        try:
+            try:
+                msg = json.loads(message)
+            except (json.JSONDecodeError, RecursionError) as exc:
+                raise BadRequest("invalid_json", f"message is not valid JSON: {exc}") from None
+            if not isinstance(msg, dict):
+                raise BadRequest("invalid_json", "message must be a JSON object")
+            if isinstance(msg.get("event_id"), str):
+                client_event_id = msg["event_id"]
+            kind = msg.get("type")
+            if not isinstance(kind, str):
+                raise BadRequest("missing_field", "message has no string 'type'", "type")
+            if kind == "input_audio_buffer.append":
+                return self._append(msg)
+            if kind == "input_audio_buffer.commit":
+                return self._commit()
+            if kind == "input_audio_buffer.clear":
+                return self._clear()
+            if kind in UPDATE_TYPES:
+                return self._update(msg)
+            raise BadRequest("unknown_event_type", f"unknown event type {kind!r}", "type")
+        except BadRequest as exc:
+            return [self._error(exc.code, exc.message, exc.param, client_event_id)]
+
+    def decoded(self, job: DecodeJob, transcript: str | None,
+                error: str | None = None) -> list[Output]:
+        """The model's answer to `job`: text, or `error` when decoding failed."""
+        if not job.final:
+            text = (transcript or "").strip()
+            open_item = self._started[-1][0] if self._started else None
+            if (error is None and text and job.item_id == open_item and not self._awaiting
+                    and job.seq > self._partial_shown):
+                self._partial_shown = job.seq
+                return [self._event("conversation.item.input_audio_transcription.delta",
+                                    item_id=job.item_id, content_index=0,
+                                    delta=text, transcript=text)]
+            return []
+        if job.item_id in self._awaiting:
+            self._awaiting.remove(job.item_id)
+        start, end = self._ranges.pop(job.item_id, (0, 0))
+        times = {"audio_start_ms": _floor_ms(start), "audio_end_ms": _ceil_ms(end)}
+        if error is not None:
+            return [self._event("conversation.item.input_audio_transcription.failed",
+                                item_id=job.item_id, content_index=0,
+                                error={"message": error, "type": "server_error",
+                                       "param": None, "code": "transcription_failed"},
+                                **times)]
+        return [self._event("conversation.item.input_audio_transcription.completed",
+                            item_id=job.item_id, content_index=0,
+                            transcript=(transcript or "").strip(), **times)]
+
+    # -- client events -------------------------------------------------------------
+    def _append(self, msg: dict[str, Any]) -> list[Output]:
+        audio = msg.get("audio")
+        if not isinstance(audio, str):
+            raise BadRequest("missing_field", "input_audio_buffer.append needs 'audio', "
+                             "a base64 string", "audio")
+        try:
+            pcm_bytes = base64.b64decode(audio, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest("invalid_base64", "'audio' is not valid base64",
+                             "audio") from None
+        if len(pcm_bytes) % BYTES_PER_SAMPLE:
+            raise BadRequest("invalid_audio", f"'audio' has {len(pcm_bytes)} bytes; "
+                             "pcm_s16le needs an even number", "audio")
+        if not pcm_bytes:
+            return []
+        self._buf += pcm_bytes
+        pcm = np.frombuffer(pcm_bytes, dtype="<i2").astype(np.int16)
+        self.total += len(pcm)
+        out: list[Output] = []
+        if self._vad is None:
+            if self.total - self._buf_start >= self.limits.buffer_samples:
+                out += self._commit()  # the cap forces a commit, not more memory
+            return out
+        out += self._on_vad(self._vad.feed(pcm))
+        out += self._maybe_partial()
+        self._trim()
+        return out
+
+    def _commit(self) -> list[Output]:
+        if self._vad is not None:
+            floor = self._vad.segmenter.floor
+            out = self._on_vad(self._vad.segmenter.flush(self.total))
+            if not any(isinstance(o, DecodeJob) for o in out):
+                # Nothing but silence since the last segment: an empty item still
+                # tells the client everything up to here is done.
+                out += self._close_item(self._new_item(), max(floor, self._buf_start),
+                                        self.total, stopped=False)
+            self._trim()
+            return out
+        out = self._close_item(self._new_item(), self._buf_start, self.total, stopped=False)
+        self._drop_until(self.total)
+        return out
+
+    def _clear(self) -> list[Output]:
+        if self._vad is not None:
+            self._vad.segmenter.drop(self.total)
+            for item, _ in self._started:
+                self._ranges.pop(item, None)
+            self._started.clear()
+        self._drop_until(self.total)
+        return [self._event("input_audio_buffer.cleared")]
+
+    def _update(self, msg: dict[str, Any]) -> list[Output]:
+        session = msg.get("session")
+        if not isinstance(session, dict):
+            raise BadRequest("missing_field", f"{msg['type']} needs a 'session' object",
+                             "session")
+        found, turn = _find_turn_detection(session)
+        out: list[Output] = []
+        if found:
+            new = self._parse_turn(turn)
+            if new is None and self._vad is not None:
+                out += self._on_vad(self._vad.segmenter.flush(self.total))
+                self._vad = None
+                self._drop_until(self.total)
+            elif new is not None and self._vad is None:
+                self._vad = self._new_vad(new, origin=self._buf_start)
+                pending = np.frombuffer(bytes(self._buf), dtype="<i2").astype(np.int16)
+                out += self._on_vad(self._vad.feed(pending))
+                self._trim()
+            elif new is not None and self._vad is not None:
+                self._vad.segmenter.params = new
+        out.append(self._event("transcription_session.updated", session=self._describe()))
+        return out
+
+    def _parse_turn(self, turn: Any) -> VadParams | None:
+        if turn is None:
+            return None
+        if not isinstance(turn, dict):
+            raise BadRequest("invalid_value", "turn_detection must be an object or null",
+                             "session.turn_detection")
+        kind = turn.get("type", "server_vad")
+        if kind in (None, "none"):
+            return None
+        if kind != "server_vad":
+            raise BadRequest("invalid_value", f"turn_detection.type {kind!r} is not "
+                             "supported; use server_vad or null",
+                             "session.turn_detection.type")
+        base = self._vad.segmenter.params if self._vad is not None else VadParams()
+        try:
+            return base.updated(turn)
+        except ValueError as exc:
+            raise BadRequest("invalid_value", f"turn_detection.{exc}",
+                             "session.turn_detection") from None
+
+    # -- segments --------------------------------------------------------------------
+    def _new_vad(self, params: VadParams, origin: int) -> StreamingVad:
+        return StreamingVad(params, origin, cap_samples=self.limits.buffer_samples)
+
+    def _on_vad(self, events: list[VadEvent]) -> list[Output]:
+        out: list[Output] = []
+        for ev in events:
+            if isinstance(ev, Started):
+                item = self._new_item()
+                self._started.append((item, ev.start))
+                # The first partial one interval after the onset (the pad is before it).
+                onset = ev.start + (self._vad.segmenter.params.speech_pad_ms * SAMPLES_PER_MS
+                                    if self._vad is not None else 0)
+                self._next_partial_at = onset + self.limits.partial_interval_samples
+                out.append(self._event("input_audio_buffer.speech_started", item_id=item,
+                                       audio_start_ms=_floor_ms(ev.start)))
+            elif isinstance(ev, Closed):
+                item = self._started.popleft()[0] if self._started else self._new_item()
+                out += self._close_item(item, ev.start, ev.end, stopped=True)
+        return out
+
+    def _close_item(self, item: str, start: int, end: int, stopped: bool) -> list[Output]:
+        out: list[Output] = []
+        if stopped:
+            out.append(self._event("input_audio_buffer.speech_stopped", item_id=item,
+                                   audio_end_ms=_ceil_ms(end)))
+        out.append(self._event("input_audio_buffer.committed", item_id=item,
+                               previous_item_id=self._previous_item,
+                               audio_start_ms=_floor_ms(start), audio_end_ms=_ceil_ms(end)))
+        self._previous_item = item
+        self._ranges[item] = (start, end)
+        self._awaiting.append(item)
+        out.append(DecodeJob(self.id, item, final=True, pcm=self._audio(start, end)))
+        return out
+
+    def _maybe_partial(self) -> list[Output]:
+        vad = self._vad
+        if (vad is None or not vad.segmenter.in_speech or not self._started
+                or self.total < self._next_partial_at):
+            return []
+        self._next_partial_at = self.total + self.limits.partial_interval_samples
+        self._partial_seq += 1
+        start = vad.segmenter.open_start()
+        return [DecodeJob(self.id, self._started[-1][0], final=False,
+                          pcm=self._audio(start, self.total), seq=self._partial_seq)]
+
+    def _audio(self, start: int, end: int) -> npt.NDArray[np.int16]:
+        lo = max(start, self._buf_start) - self._buf_start
+        hi = max(end, self._buf_start) - self._buf_start
+        raw = bytes(self._buf[lo * BYTES_PER_SAMPLE:hi * BYTES_PER_SAMPLE])
+        return np.frombuffer(raw, dtype="<i2").astype(np.int16)
+
+    def _trim(self) -> None:
+        if self._vad is not None:
+            self._drop_until(min(self._vad.segmenter.keep_from, self.total))
+
+    def _drop_until(self, sample: int) -> None:
+        if sample <= self._buf_start:
+            return
+        del self._buf[:(sample - self._buf_start) * BYTES_PER_SAMPLE]
+        self._buf_start = sample
+
+    # -- events --------------------------------------------------------------------
+    def _new_item(self) -> str:
+        return f"item_{uuid.uuid4().hex[:20]}"
+
+    def _event(self, kind: str, **fields: Any) -> Event:
+        self._events += 1
+        return {"type": kind, "event_id": f"event_{self.id[5:13]}{self._events:07d}",
+                **fields}
+
+    def _error(self, code: str, message: str, param: str | None,
+               client_event_id: str | None) -> Event:
+        return self._event("error", error={"type": "invalid_request_error", "code": code,
+                                           "message": message, "param": param,
+                                           "event_id": client_event_id})
+
+    def _describe(self) -> dict[str, Any]:
+        return {"id": self.id, "object": "realtime.session", "modalities": ["audio"],
+                "model": self.params.model, "turn_detection": self.turn_detection,
+                "input_audio_format": self.params.input_audio_format,
+                "input_audio_transcription": {"model": self.params.model}}
+
+
+def _find_turn_detection(session: dict[str, Any]) -> tuple[bool, Any]:
+    """Together/OpenAI beta put it at session.turn_detection, OpenAI GA deeper."""
+    if "turn_detection" in session:
+        return True, session["turn_detection"]
+    audio = session.get("audio")
+    if isinstance(audio, dict) and isinstance(audio.get("input"), dict):
+        inp = audio["input"]
+        if "turn_detection" in inp:
+            return True, inp["turn_detection"]
+    return False, None
