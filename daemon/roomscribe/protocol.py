@@ -292,7 +292,10 @@ class ClientCore:
         return self.segment_open and now - self.last_event_at > answer_timeout_s
 
     # -- receiving -----------------------------------------------------------
-    def receive(self, text: str | bytes, now: float) -> list[Output]:
+    def receive(self, text: str | bytes, now: float, wall: float | None = None
+                ) -> list[Output]:
+        """Handle one server frame; `now` is a monotonic clock, `wall` the Unix time
+        stamped on transcripts as `received_at` (defaults to `now`)."""
         try:
             event = json.loads(text)
         except (ValueError, UnicodeDecodeError):
@@ -301,7 +304,7 @@ class ClientCore:
             return [ServerError("malformed", "server sent an event without a type", True)]
         self.last_event_at = now
         try:
-            out = self._dispatch(event["type"], event, now)
+            out = self._dispatch(event["type"], event, now if wall is None else wall)
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
             return [ServerError("malformed", f"bad {event['type']} event: {exc!r}"[:200], True)]
         self._settle_silence(now)
@@ -316,7 +319,7 @@ class ClientCore:
             raise ValueError(f"bad audio time {value!r}")
         return self._ring_at(int(value) * SAMPLES_PER_MS, end)
 
-    def _dispatch(self, kind: str, event: dict[str, Any], now: float) -> list[Output]:
+    def _dispatch(self, kind: str, event: dict[str, Any], wall: float) -> list[Output]:
         if kind == "session.created":
             session = event.get("session")
             self.session_id = str(session.get("id", "")) if isinstance(session, dict) else ""
@@ -352,17 +355,17 @@ class ClientCore:
                 raise ValueError("transcript is not text")
             if self._commit_pos is not None:
                 self.commit_answered = True
-            return self._finish(event, now, text)
+            return self._finish(event, wall, text)
         if kind == "conversation.item.input_audio_transcription.failed":
             code, message = _error_fields(event)
-            return [*self._finish(event, now, None), ServerError(code, message)]
+            return [*self._finish(event, wall, None), ServerError(code, message)]
         if kind == "error":
             self.commit_answered = True
             code, message = _error_fields(event)
             return [ServerError(code, message)]
         return []  # unknown types are ignored, as the protocol asks
 
-    def _finish(self, event: dict[str, Any], now: float, text: str | None) -> list[Output]:
+    def _finish(self, event: dict[str, Any], wall: float, text: str | None) -> list[Output]:
         item_id = str(event.get("item_id") or "")
         item = self._items.pop(item_id, None) or _Item()
         self._open_unranged = False
@@ -380,7 +383,7 @@ class ClientCore:
         return [Transcript(
             text=text.strip(), item_id=item_id or f"item_{uuid.uuid4().hex[:12]}",
             session_id=self.session_id, captured_start=captured_start,
-            captured_end=captured_end, received_at=now, model=self.model,
+            captured_end=captured_end, received_at=wall, model=self.model,
             replayed=self.outage and start < self.live_point,
         )]
 

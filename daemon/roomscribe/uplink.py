@@ -170,7 +170,7 @@ class Uplink:
 
     async def _read(self, ws: ClientConnection) -> None:
         async for message in ws:
-            for out in self.core.receive(message, time.monotonic()):
+            for out in self.core.receive(message, time.monotonic(), time.time()):
                 self._handle(out)
         raise UplinkError("server closed the connection")
 
