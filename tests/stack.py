@@ -46,10 +46,10 @@ class Room:
 
 
 def make_room(path: Path, clips: list[str] | None = None, gap_s: float = 2.0,
-              rate_hz: int = 44100, channels: int = 2) -> Room:
+              rate_hz: int = 44100, channels: int = 2, tail_s: float = 0.0) -> Room:
     """Clips with gap_s of quiet between, written as a USB mic delivers (44.1 kHz
     stereo by default) so the capture path resamples and down-mixes for real."""
-    clips = clips or CLIPS
+    clips = CLIPS if clips is None else clips
     rng = np.random.default_rng(7)
     parts, spans, t = [], [], gap_s
 
@@ -62,6 +62,7 @@ def make_room(path: Path, clips: list[str] | None = None, gap_s: float = 2.0,
         parts += [speech, quiet(gap_s)]
         spans.append((t, t + len(speech) / 16000))
         t += len(speech) / 16000 + gap_s
+    parts.append(quiet(tail_s))
     mono = np.concatenate(parts)
     if rate_hz != 16000:
         mono = soxr.resample(mono, 16000, rate_hz)
