@@ -121,9 +121,9 @@ def server_config(tmp: Path, port: int, extra: str = "") -> Path:
     return path
 
 
-def start_server(tmp: Path, port: int | None = None) -> tuple[Proc, int]:
+def start_server(tmp: Path, port: int | None = None, extra: str = "") -> tuple[Proc, int]:
     port = port or free_port()
-    proc = Proc([*SERVER, "--config", str(server_config(tmp, port))],
+    proc = Proc([*SERVER, "--config", str(server_config(tmp, port, extra))],
                 tmp / f"server-{port}.log")
     proc.start()
     deadline = time.monotonic() + 120

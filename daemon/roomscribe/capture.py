@@ -458,7 +458,11 @@ async def frames(settings: CaptureSettings, stats: CaptureStats) -> AsyncGenerat
             if settings.source == "alsa":
                 alsa_loop(settings, stats, hand_over, stop)
             else:
-                stdin_loop(settings, stats, hand_over, stop, sys.stdin.buffer)
+                # The raw file, not the BufferedReader: a read blocked on an idle pipe
+                # holds the buffer's lock, and at exit the interpreter aborts ("could
+                # not acquire lock for <stdin>") instead of exiting 0.
+                stdin = getattr(sys.stdin.buffer, "raw", sys.stdin.buffer)
+                stdin_loop(settings, stats, hand_over, stop, stdin)
         except BaseException as exc:
             hand_over(_End(exc))
         else:

@@ -31,6 +31,13 @@ MIC_LISTEN_S = 2.0
 SILENT_PEAK_DBFS = -80.0
 
 
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        # asyncio words it "Connect call failed ('127.0.0.1', 8765)", which hides why
+        return "connection refused (nothing listens there)"
+    return describe(exc)
+
+
 @dataclass(frozen=True)
 class Result:
     part: str
@@ -72,7 +79,7 @@ async def check_mic(settings: Settings) -> Result:
     if level.peak_dbfs <= SILENT_PEAK_DBFS:
         return Result("microphone", False, f"{what}: opens but hears nothing "
                       f"(peak {level.peak_dbfs:.0f} dBFS)",
-                      "raise the capture gain (alsamixer) or pick another channel")
+                      "unmute and raise the capture gain (alsamixer, F4) or pick another channel")
     return Result("microphone", True, f"{what}: {level.rms_dbfs:.0f} dBFS rms, "
                   f"peak {level.peak_dbfs:.0f} dBFS, {level.clipped} clipped samples")
 
@@ -93,7 +100,7 @@ async def check_server(settings: Settings) -> Result:
                if exc.response.status_code in (401, 403) else "check uplink.url and model")
         return Result("transcription server", False, f"{where}: {describe(exc)}", fix)
     except (OSError, TimeoutError, websockets.WebSocketException) as exc:
-        return Result("transcription server", False, f"{where}: {describe(exc)}",
+        return Result("transcription server", False, f"{where}: {_reason(exc)}",
                       "is the server running and uplink.url right? (`roomscribe serve`)")
     outputs = protocol.ClientCore(ring=Ring(1), model=up.model).receive(first, 0.0)
     if outputs and isinstance(outputs[0], protocol.Ready):
@@ -129,7 +136,7 @@ def check_broker(settings: Settings) -> Result:
                            keyfile=m.key_file or None)
         client.connect(m.host, m.port, keepalive=m.keepalive_s)
     except (OSError, ValueError) as exc:
-        return Result("broker", False, f"{where}: {describe(exc)}",
+        return Result("broker", False, f"{where}: {_reason(exc)}",
                       "is the broker running and mqtt.host/port/tls right?")
     client.loop_start()
     try:
