@@ -1,4 +1,4 @@
-"""Command line: `roomscribe run | check | devices | level | serve`."""
+"""Command line: `roomscribe run | check | devices | level | listen | forget | serve`."""
 
 from __future__ import annotations
 
@@ -77,6 +77,12 @@ def cmd_listen(settings: Settings, args: argparse.Namespace) -> int:
                   timeout_s=args.seconds)
 
 
+def cmd_forget(settings: Settings, _args: argparse.Namespace) -> int:
+    from .forget import forget
+
+    return forget(settings, config.mqtt_password(settings), sys.stdout)
+
+
 def cmd_serve(_settings: Settings, args: argparse.Namespace) -> int:
     try:
         from .server.__main__ import main as serve_main
@@ -116,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--count", type=int, default=None, help="stop after N transcripts")
     listen.add_argument("--seconds", type=float, default=None, help="stop after this long")
     listen.set_defaults(func=cmd_listen)
+    add("forget", "remove the device from Home Assistant and clear its retained "
+        "MQTT messages (stop the daemon first)").set_defaults(func=cmd_forget)
     serve = add("serve", "run the self-hosted realtime transcription server")
     serve.add_argument("rest", nargs=argparse.REMAINDER, help="--host H --port P")
     serve.set_defaults(func=cmd_serve)
