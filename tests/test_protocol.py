@@ -220,3 +220,26 @@ def test_span_end_on_a_run_boundary_stays_in_the_earlier_run() -> None:
     (t,) = core.receive(ev("conversation.item.input_audio_transcription.completed",
                            item_id="b", transcript="first"), 1)
     assert isinstance(t, Transcript) and t.captured_end == T0 + 1.0
+
+
+def test_idle_with_a_closed_span_unsent_waits_for_its_transcript() -> None:
+    # A privacy mute mid-sentence: the gate closes the span and says idle at once;
+    # the socket stays until the last words are sent, committed and transcribed.
+    ring = Ring(600)
+    core = ClientCore(ring, model="m", chunk_samples=4096)
+    ring.append(Frame(b"\x01\x00" * 32000, captured_at=T0))
+    core.gate_open(0)
+    core.gate_close(32000)
+    core.gate_idle()
+    assert core.wants_connection()
+    created(core)
+    drain(core)
+    assert core.wants_connection() and core.commit_due()
+    core.commit()
+    assert core.wants_connection()
+    core.receive(ev("input_audio_buffer.committed", item_id="c",
+                    audio_start_ms=0, audio_end_ms=2000), 1)
+    (t,) = core.receive(ev("conversation.item.input_audio_transcription.completed",
+                           item_id="c", transcript="last words"), 2)
+    assert isinstance(t, Transcript) and t.captured_end == T0 + 2.0
+    assert not core.wants_connection()

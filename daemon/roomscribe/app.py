@@ -96,6 +96,7 @@ class Daemon:
                 # Privacy: nothing leaves the device, nothing is kept for later.
                 if self.gate.is_open:
                     self._gate_events(self.gate.reset())
+                self.core.gate_idle()  # nothing to send: no socket held open either
                 continue
             events = self.gate.feed(frame.pcm, self.ring.end)
             self.ring.append(frame)

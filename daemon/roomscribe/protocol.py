@@ -170,7 +170,8 @@ class ClientCore:
     # (server sample, ring sample) where each contiguous run sent on this connection
     # starts: the server's timeline has no gaps, the ring's does where the gate closed.
     _runs: list[tuple[int, int]] = field(default_factory=list)
-    _idle: bool = False
+    # Nothing to send until the gate first opens: a silent room needs no socket.
+    _idle: bool = True
     # (sent position, time) samples for the silence rule; one a second, and settle_s
     # bounds how many are kept.
     _sent_marks: deque[tuple[int, float]] = field(default_factory=deque)
