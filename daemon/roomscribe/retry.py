@@ -73,6 +73,9 @@ def describe(exc: BaseException) -> str:
         rcvd = exc.rcvd
         if rcvd is not None:
             return f"connection closed by server: code {rcvd.code} {rcvd.reason}".strip()
+        sent = exc.sent
+        if sent is not None:  # we closed it, e.g. 1009 for an oversized server event
+            return f"connection closed: code {sent.code} {sent.reason}".strip()
         return "connection lost"
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return "timed out"

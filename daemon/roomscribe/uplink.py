@@ -56,6 +56,7 @@ class Uplink:
         self.connected = False
         self.last_error = ""
         self.reconnects = 0
+        self._tries_since_stop = 0  # connection attempts after stop(): one, no more
 
     # -- called by the app ---------------------------------------------------
     def audio_arrived(self) -> None:
@@ -100,13 +101,16 @@ class Uplink:
             retrying = AsyncRetrying(
                 wait=self._wait,
                 retry=retry_if_exception(lambda e: classify(e) is not Verdict.FATAL
-                                         and not isinstance(e, _HealthyDrop)),
+                                         and not isinstance(e, _HealthyDrop)
+                                         and not self._tries_since_stop),
                 before_sleep=self._before_sleep,
                 sleep=self._sleep,
                 reraise=True,
             )
             try:
                 await self._wanted()
+                if self._stopping.is_set() and not self.core.wants_connection():
+                    return  # stopped while idle: nothing to flush, no need to connect
                 async for attempt in retrying:
                     with attempt:
                         await self._session()
@@ -115,6 +119,13 @@ class Uplink:
             except _HealthyDrop:
                 self.reconnects += 1
                 continue
+            except Exception as exc:
+                # The one attempt after stop() failed too: give up rather than spin.
+                if not self._tries_since_stop or classify(exc) is Verdict.FATAL:
+                    raise
+                log.warning("uplink: stopping with %.1f s of audio not transcribed: %s",
+                            self.core.backlog_s, describe(exc))
+                return
 
     async def _wanted(self) -> None:
         """With the gate idle there is nothing to send: stay disconnected until speech."""
@@ -128,6 +139,8 @@ class Uplink:
     async def _session(self) -> None:
         s = self.settings
         started = time.monotonic()
+        if self._stopping.is_set():
+            self._tries_since_stop += 1
         try:
             async with asyncio.timeout(s.connect_timeout_s):
                 ws = await websockets.connect(
