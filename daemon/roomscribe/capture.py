@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 import wave
+from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
@@ -171,9 +172,22 @@ _ErrorHandler = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_int, ctypes.c_c
                                  ctypes.c_int, ctypes.c_char_p)
 
 
+# The handler runs inside alsa-lib (pyalsaaudio calls it with the GIL released):
+# logging from there crashed the process (SIGSEGV at debug level), so it only keeps
+# the message, and _log_alsa_lib() logs it once the ALSA call has returned.
+# Bounded: the last 16 messages.
+_ALSA_MESSAGES: deque[tuple[bytes, int, bytes, int, bytes]] = deque(maxlen=16)
+
+
 def _alsa_lib_message(file: bytes, line: int, function: bytes, err: int, fmt: bytes) -> None:
-    log.debug("alsa-lib %s:%d %s (%d): %s", file.decode(errors="replace"), line,
-              function.decode(errors="replace"), err, fmt.decode(errors="replace"))
+    _ALSA_MESSAGES.append((file, line, function, err, fmt))
+
+
+def _log_alsa_lib() -> None:
+    while _ALSA_MESSAGES:
+        file, line, function, err, fmt = _ALSA_MESSAGES.popleft()
+        log.debug("alsa-lib %s:%d %s (%d): %s", file.decode(errors="replace"), line,
+                  function.decode(errors="replace"), err, fmt.decode(errors="replace"))
 
 
 _HANDLER = _ErrorHandler(_alsa_lib_message)
@@ -224,7 +238,9 @@ def open_pcm(settings: CaptureSettings) -> Pcm:
                             rate=settings.rate_hz, format=alsaaudio.PCM_FORMAT_S16_LE,
                             periodsize=settings.period_frames or settings.rate_hz // 10)
     except alsaaudio.ALSAAudioError as exc:
+        _log_alsa_lib()
         raise DeviceUnavailable(f"capture.device {settings.device!r}: {_reason(exc)}") from None
+    _log_alsa_lib()
     info = pcm.info()
     got = (info["rate"], info["channels"], info["format_name"])
     if got != (settings.rate_hz, settings.channels, "S16_LE"):
