@@ -243,3 +243,10 @@ def test_idle_with_a_closed_span_unsent_waits_for_its_transcript() -> None:
                            item_id="c", transcript="last words"), 2)
     assert isinstance(t, Transcript) and t.captured_end == T0 + 2.0
     assert not core.wants_connection()
+
+
+def test_nothing_to_send_before_the_gate_first_opens() -> None:
+    core = ClientCore(Ring(60), model="m")
+    assert not core.wants_connection()  # a silent room needs no socket
+    core.gate_open(0)
+    assert core.wants_connection()

@@ -162,7 +162,7 @@ class ClientCore:
     live_point: int = 0  # audio before this was captured before the connection was up
     outage: bool = False  # a connection was lost earlier: later transcripts may be replays
     last_event_at: float = 0.0
-    commit_answered: bool = False  # the server answered our last commit
+    commit_answered: bool = True  # the server answered our last commit (or none is owed)
     _items: dict[str, _Item] = field(default_factory=dict)
     _open_unranged: bool = False  # a delta arrived from a server that reports no ranges
     _commit_pos: int | None = None
