@@ -288,6 +288,9 @@ class Publisher:
         except OutboxError as exc:
             self._error(str(exc))
             return None
+        # Hand it to paho now rather than on the sender task's next turn: this is the
+        # latency a voice trigger feels.
+        self._fill()
         self._wake.set()
         return entry.id
 
