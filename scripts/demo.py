@@ -103,6 +103,8 @@ port = {broker_port}
 dir = "{tmp / 'state'}"
 [server]
 port = {server_port}
+[log]
+level = "warning"
 """)
         cfg = ["--config", str(tmp / "config.toml")]
         roomscribe = [sys.executable, "-m", "roomscribe"]
