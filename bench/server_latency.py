@@ -24,7 +24,6 @@ import json
 import statistics
 import sys
 import time
-import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,6 @@ from typing import Any
 import jiwer
 import numpy as np
 import numpy.typing as npt
-import soxr
 from websockets.asyncio.client import connect
 
 from roomscribe.config import ServerSettings
@@ -50,12 +48,10 @@ QUERY = "model=openai/whisper-large-v3&input_audio_format=pcm_s16le_16000"
 
 
 def load(name: str) -> npt.NDArray[np.int16]:
-    with wave.open(str(AUDIO / name)) as w:
-        rate, ch = w.getframerate(), w.getnchannels()
-        data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-    mono = data.reshape(-1, ch).astype(np.float32).mean(axis=1) / 32768.0
-    out = soxr.resample(mono, rate, RATE) if rate != RATE else mono
-    return np.asarray(np.clip(out * 32768, -32768, 32767), dtype=np.int16)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from stack import read_mono_16k  # the one loader the tests use too
+
+    return np.asarray(np.clip(read_mono_16k(name), -32768, 32767), dtype=np.int16)
 
 
 def stream_audio() -> npt.NDArray[np.int16]:

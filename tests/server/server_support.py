@@ -10,7 +10,6 @@ import difflib
 import functools
 import json
 import threading
-import wave
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -19,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import soxr
 
 from roomscribe.config import ServerSettings
 from roomscribe.server.asr import Transcriber
@@ -37,12 +35,9 @@ NUMBERS = {"1813": "eighteen thirteen", "8": "eight"}
 
 def speech(name: str) -> npt.NDArray[np.int16]:
     """A file of /work/shared/audio as 16 kHz mono int16 (down-mixed, soxr-resampled)."""
-    with wave.open(str(AUDIO_DIR / name)) as w:
-        rate, channels = w.getframerate(), w.getnchannels()
-        data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-    mono = data.reshape(-1, channels).astype(np.float32).mean(axis=1) / 32768.0
-    out = soxr.resample(mono, rate, RATE) if rate != RATE else mono
-    return np.asarray(np.clip(out * 32768.0, -32768, 32767), dtype=np.int16)
+    from stack import read_mono_16k
+
+    return np.asarray(np.clip(read_mono_16k(name), -32768, 32767), dtype=np.int16)
 
 
 def silence(seconds: float) -> npt.NDArray[np.int16]:
