@@ -103,7 +103,7 @@ class Driver:
         # Like the server: a message's events go out before its jobs' results.
         self.events += [o for o in outputs if isinstance(o, dict)]
         for out in outputs:
-            if isinstance(out, dict):
+            if not isinstance(out, DecodeJob):  # events (above), Settle (nothing queued)
                 continue
             self.jobs.append(out)
             if out.final or self.partials:

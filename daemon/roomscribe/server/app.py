@@ -26,7 +26,7 @@ from ..audio import SAMPLE_RATE_HZ
 from ..config import ServerSettings
 from . import handshake
 from .asr import Scheduler
-from .session import DecodeJob, Event, Limits, Session
+from .session import DecodeJob, Event, Limits, Session, Settle
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +114,11 @@ class RealtimeServer:
                 events = [o for o in outputs if isinstance(o, dict)]
                 if events:
                     await outq.put(events)
-                for job in outputs:
+                for job in outputs:  # in order: a Settle may precede the next final
                     if isinstance(job, DecodeJob):
                         await self.scheduler.submit(job, deliver)
+                    elif isinstance(job, Settle):
+                        await self.scheduler.settle(job)
                 if tasks[0].done():
                     break
         except ConnectionClosed:

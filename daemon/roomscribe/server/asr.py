@@ -1,11 +1,14 @@
 """One shared Whisper model, fed by a fair, bounded job queue.
 
 `Transcriber` wraps faster-whisper (blocking; runs in one worker thread). `Scheduler`
-lives on the event loop: it picks the next job — finals before partials, round-robin
-across sessions — and hands it to the worker thread, so the loop never waits on the
-model. Finals are never dropped: when `queue_max` finals wait, `submit()` blocks the
-submitting connection, which stops reading its socket (TCP backpressure). Partials are
-cheap to lose: each session has at most one queued, and a newer one replaces it.
+lives on the event loop: it picks the next job — finals, then speculative finals,
+then partials, round-robin across sessions — and hands it to the worker thread, so the
+loop never waits on the model. A speculative final waits in its session's line of
+finals (so a session's results stay in order) but only runs when no session's next job
+is a real final, until `settle()` makes it one (kept) or drops it (stale). Finals are
+never dropped: when `queue_max` finals wait, `submit()` blocks the submitting
+connection, which stops reading its socket (TCP backpressure). Partials are cheap to
+lose: each session has at most one queued, and a newer one replaces it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..audio import SAMPLE_RATE_HZ
-from .session import DecodeJob
+from .session import DecodeJob, Settle
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,7 @@ Deliver = Callable[[DecodeJob, str | None, str | None], None]
 class _Queued:
     job: DecodeJob
     deliver: Deliver
+    due: bool = True  # False: an unsettled speculative final
 
 
 class Scheduler:
@@ -101,15 +105,32 @@ class Scheduler:
         async with self._changed:
             if job.final:
                 await self._changed.wait_for(lambda: self._count < self.queue_max)
-                self._finals.setdefault(job.session_id, deque()).append(_Queued(job, deliver))
+                self._finals.setdefault(job.session_id, deque()).append(
+                    _Queued(job, deliver, due=not job.spec))
                 self._count += 1
                 stale = self._partials.get(job.session_id)
-                if stale is not None and stale.job.item_id == job.item_id:
+                if not job.spec and stale is not None and stale.job.item_id == job.item_id:
                     del self._partials[job.session_id]
             else:
                 self._partials.pop(job.session_id, None)  # a stale hypothesis
                 self._partials[job.session_id] = _Queued(job, deliver)
             self._changed.notify_all()
+
+    async def settle(self, settle: Settle) -> None:
+        """A speculative final is now due like a final, or is dropped if still queued."""
+        async with self._changed:
+            queue = self._finals.get(settle.session_id, deque())
+            for queued in queue:
+                if queued.job.spec == settle.spec:
+                    if settle.keep:
+                        queued.due = True
+                    else:
+                        queue.remove(queued)
+                        self._count -= 1
+                        if not queue:
+                            del self._finals[settle.session_id]
+                    self._changed.notify_all()
+                    break
 
     def forget(self, session_id: str) -> None:
         """Drop a closed session's waiting jobs (no one is left to read them)."""
@@ -124,7 +145,9 @@ class Scheduler:
             self._changed.notify_all()
 
     def _pick(self) -> _Queued | None:
-        for sid, queue in self._finals.items():
+        ready = [sid for sid, queue in self._finals.items() if queue[0].due]
+        for sid in ready or list(self._finals):
+            queue = self._finals[sid]
             job = queue.popleft()
             self._count -= 1
             # Round-robin: the session goes to the back of the line.

@@ -18,6 +18,13 @@ never before the previous segment's end or a commit).
   discarded. It is safe for a client to drop audio before the `audio_end_ms` of a
   segment once that segment's `completed` (or `failed`) has arrived.
 - `committed` and `completed` carry the same `audio_start_ms` / `audio_end_ms`.
+
+Speculative finals. Once `speech_pad_ms` of silence follows the open segment, the
+audio its final would decode is all here: a job with `spec` > 0 decodes it early (the
+scheduler runs it after real finals, before partials). If the segment then closes with
+exactly that range, that decode is its final (`Settle(keep=True)`, or `completed` at
+once if already answered); if speech resumes first or the close differs, it is dropped
+(`Settle(keep=False)`) and its answer ignored.
   With turn detection off, a commit's segment is everything since the previous
   commit (or clear), up to the last sample received.
 """
@@ -52,9 +59,30 @@ class DecodeJob:
     final: bool
     pcm: npt.NDArray[np.int16]
     seq: int = 0  # partials of one item, in order
+    spec: int = 0  # > 0: a speculative final, numbered within the session
 
 
-Output = Event | DecodeJob
+@dataclass(frozen=True)
+class Settle:
+    """What became of speculative job `spec`: `keep` = its segment closed with exactly
+    its audio, so it now stands for that segment's final (due like one); otherwise it
+    is stale (drop it if it has not run)."""
+
+    session_id: str
+    spec: int
+    keep: bool
+
+
+Output = Event | DecodeJob | Settle
+
+
+@dataclass
+class _Spec:
+    job: DecodeJob
+    start: int
+    end: int
+    adopted: bool = False  # the segment closed with [start, end): this is its final
+    answer: tuple[str | None, str | None] | None = None  # (text, error) once decoded
 
 
 @dataclass(frozen=True)
@@ -100,6 +128,9 @@ class Session:
         self._next_partial_at = 0
         self._partial_seq = 0
         self._partial_shown = 0
+        # The speculative final in flight or answered, at most one (see _speculate).
+        self._spec: _Spec | None = None
+        self._spec_seq = 0
         self._events = 0
 
     # -- public ------------------------------------------------------------------
@@ -146,6 +177,17 @@ class Session:
     def decoded(self, job: DecodeJob, transcript: str | None,
                 error: str | None = None) -> list[Output]:
         """The model's answer to `job`: text, or `error` when decoding failed."""
+        if job.spec:
+            spec = self._spec
+            if spec is None or spec.job.spec != job.spec:
+                return []  # discarded: speech resumed or the segment closed otherwise
+            if not spec.adopted:
+                # Kept for the close; a failed guess is dropped (the final will retry).
+                spec.answer = (transcript, error)
+                if error is not None:
+                    self._spec = None
+                return []
+            self._spec = None
         if not job.final:
             text = (transcript or "").strip()
             open_item = self._started[-1][0] if self._started else None
@@ -156,18 +198,21 @@ class Session:
                                     item_id=job.item_id, content_index=0,
                                     delta=text, transcript=text)]
             return []
-        if job.item_id in self._awaiting:
-            self._awaiting.remove(job.item_id)
-        start, end = self._ranges.pop(job.item_id, (0, 0))
+        return self._finish(job.item_id, transcript, error)
+
+    def _finish(self, item: str, transcript: str | None, error: str | None) -> list[Output]:
+        if item in self._awaiting:
+            self._awaiting.remove(item)
+        start, end = self._ranges.pop(item, (0, 0))
         times = {"audio_start_ms": _floor_ms(start), "audio_end_ms": _ceil_ms(end)}
         if error is not None:
             return [self._event("conversation.item.input_audio_transcription.failed",
-                                item_id=job.item_id, content_index=0,
+                                item_id=item, content_index=0,
                                 error={"message": error, "type": "server_error",
                                        "param": None, "code": "transcription_failed"},
                                 **times)]
         return [self._event("conversation.item.input_audio_transcription.completed",
-                            item_id=job.item_id, content_index=0,
+                            item_id=item, content_index=0,
                             transcript=(transcript or "").strip(), **times)]
 
     # -- client events -------------------------------------------------------------
@@ -195,6 +240,7 @@ class Session:
                 out += self._commit()  # the cap forces a commit, not more memory
             return out
         out += self._on_vad(self._vad.feed(pcm))
+        out += self._speculate()
         out += self._maybe_partial()
         self._trim()
         return out
@@ -203,7 +249,8 @@ class Session:
         if self._vad is not None:
             floor = self._vad.segmenter.floor
             out = self._on_vad(self._vad.segmenter.flush(self.total))
-            if not any(isinstance(o, DecodeJob) for o in out):
+            if not any(isinstance(o, dict) and o["type"] == "input_audio_buffer.committed"
+                       for o in out):
                 # Nothing but silence since the last segment: an empty item still
                 # tells the client everything up to here is done.
                 out += self._close_item(self._new_item(), max(floor, self._buf_start),
@@ -215,13 +262,14 @@ class Session:
         return out
 
     def _clear(self) -> list[Output]:
+        out = self._drop_spec()
         if self._vad is not None:
             self._vad.segmenter.drop(self.total)
             for item, _ in self._started:
                 self._ranges.pop(item, None)
             self._started.clear()
         self._drop_until(self.total)
-        return [self._event("input_audio_buffer.cleared")]
+        return [*out, self._event("input_audio_buffer.cleared")]
 
     def _update(self, msg: dict[str, Any]) -> list[Output]:
         session = msg.get("session")
@@ -234,6 +282,7 @@ class Session:
             new = self._parse_turn(turn)
             if new is None and self._vad is not None:
                 out += self._on_vad(self._vad.segmenter.flush(self.total))
+                out += self._drop_spec()  # a guess the close did not use
                 self._vad = None
                 self._drop_until(self.total)
             elif new is not None and self._vad is None:
@@ -298,8 +347,49 @@ class Session:
         self._previous_item = item
         self._ranges[item] = (start, end)
         self._awaiting.append(item)
+        spec = self._spec
+        if spec is not None and not spec.adopted:
+            if (spec.job.item_id, spec.start, spec.end) == (item, start, end):
+                # The guess was right: its decode is this segment's final.
+                spec.adopted = True
+                if spec.answer is None:
+                    return [*out, Settle(self.id, spec.job.spec, keep=True)]
+                self._spec = None
+                return out + self._finish(item, *spec.answer)
+            out += self._drop_spec()
         out.append(DecodeJob(self.id, item, final=True, pcm=self._audio(start, end)))
         return out
+
+    def _speculate(self) -> list[Output]:
+        """Decode the open segment's final early, once `speech_pad_ms` of silence
+        follows it: if min_silence then passes with no speech, the segment closes with
+        that very audio and its `completed` needs no decode of its own. If speech
+        resumes first (or the close differs), the guess is dropped."""
+        vad = self._vad
+        guess = (vad.segmenter.likely_close() if vad is not None and len(self._started) == 1
+                 else None)
+        out: list[Output] = []
+        spec = self._spec
+        if spec is not None and not spec.adopted:
+            if guess is not None and (spec.job.item_id, spec.start, spec.end) == (
+                    self._started[0][0], *guess):
+                return []  # still the same guess
+            out += self._drop_spec()
+        if guess is None or self._spec is not None:  # one at a time
+            return out
+        start, end = guess
+        self._spec_seq += 1
+        job = DecodeJob(self.id, self._started[0][0], final=True,
+                        pcm=self._audio(start, end), spec=self._spec_seq)
+        self._spec = _Spec(job, start, end)
+        return [*out, job]
+
+    def _drop_spec(self) -> list[Output]:
+        spec = self._spec
+        if spec is None or spec.adopted:
+            return []
+        self._spec = None
+        return [] if spec.answer is not None else [Settle(self.id, spec.job.spec, keep=False)]
 
     def _maybe_partial(self) -> list[Output]:
         vad = self._vad

@@ -187,6 +187,26 @@ class Segmenter:
         assert self._open is not None
         return max(self.floor, self._open.start - self._pad)
 
+    def likely_close(self) -> tuple[int, int] | None:
+        """The padded [start, end) the next Closed will have if no speech comes first.
+
+        Known once a confirmed segment has been followed by `pad` of silence: then its
+        trailing pad is audio already received. It is a guess: speech may resume (the
+        segment goes on) or begin within 2 pads of its end (the gap is split)."""
+        if self._pending is not None:
+            if not self._pending_started:
+                return None
+            start, end = self._pending
+        elif self._open is not None and self._open.confirmed and self._temp_end:
+            start, end = self._open.start, self._temp_end
+            if end - start <= SAMPLE_RATE_HZ * self.params.min_speech_duration_ms / 1000:
+                return None  # _close() would drop it
+        else:
+            return None
+        if self.position < end + self._pad:
+            return None
+        return max(self.floor, start - self._pad), end + self._pad
+
     # -- feeding ---------------------------------------------------------------
     def push(self, prob: float) -> list[VadEvent]:
         p = self.params

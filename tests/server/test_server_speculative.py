@@ -1,0 +1,182 @@
+"""Speculative finals, driven sans-I/O: once speech_pad_ms of silence follows a segment,
+the session sends its final decode early; the close reuses that answer when the segment
+closes with the same audio, and drops it when speech resumes first. The scheduler runs
+such a job after every real final and before partials, and settles it as told."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from server_support import append, coverage, params, silence, speech, transcriber
+
+pytest.importorskip("faster_whisper")
+
+from conftest import reference_texts
+from roomscribe.server.asr import Scheduler
+from roomscribe.server.session import DecodeJob, Output, Session, Settle
+from roomscribe.server.vad import VadParams
+
+pytestmark = pytest.mark.server
+COMPLETED = "conversation.item.input_audio_transcription.completed"
+STOPPED = "input_audio_buffer.speech_stopped"
+
+
+def messages(session: Session, pcm: np.ndarray) -> Iterator[list[Output]]:
+    """The outputs of each 100 ms append, one append at a time (no job is answered)."""
+    for i in range(0, len(pcm), 1600):
+        yield session.receive(append(pcm[i:i + 1600]))
+
+
+def kinds(outputs: list[Output]) -> list[str]:
+    return [o["type"] if isinstance(o, dict) else type(o).__name__ + (
+        f"(spec={o.spec})" if isinstance(o, DecodeJob) and o.spec else
+        f"(final={o.final})" if isinstance(o, DecodeJob) else f"(keep={o.keep})")
+        for o in outputs]
+
+
+def one_clip() -> np.ndarray:
+    return np.concatenate([silence(0.5), speech("lj002-0020-22k05.wav"), silence(1.0)])
+
+
+def test_answered_guess_is_the_completed_with_no_decode_of_its_own() -> None:
+    s = Session(params())
+    out: list[Output] = []
+    guess_text = ""
+    for batch in messages(s, one_clip()):
+        out += batch
+        for job in batch:
+            if isinstance(job, DecodeJob) and job.spec:  # answer it at once
+                guess_text = transcriber().transcribe(job.pcm, job.final)
+                assert s.decoded(job, guess_text) == []  # nothing shown before the close
+    names = kinds(out)
+    assert names.count("DecodeJob(spec=1)") == 1
+    close = names.index(STOPPED)
+    assert names.index("DecodeJob(spec=1)") < close
+    # speech_stopped, committed and completed together, and no second decode.
+    assert names[close:close + 3] == [STOPPED, "input_audio_buffer.committed", COMPLETED]
+    assert "DecodeJob(final=True)" not in names
+    [done] = [o for o in out if isinstance(o, dict) and o["type"] == COMPLETED]
+    assert done["transcript"] == guess_text.strip()
+    assert coverage(reference_texts()["lj002-0020-22k05.wav"], done["transcript"]) >= 0.8
+    [guess] = [o for o in out if isinstance(o, DecodeJob) and o.spec]
+    assert guess.item_id == done["item_id"]
+    # The guess decoded exactly the segment's audio [start, end).
+    span_ms = done["audio_end_ms"] - done["audio_start_ms"]
+    assert abs(len(guess.pcm) - span_ms * 16) < 32
+
+
+def test_guess_still_decoding_at_the_close_becomes_the_final() -> None:
+    s = Session(params())
+    out = [o for batch in messages(s, one_clip()) for o in batch]
+    [guess] = [o for o in out if isinstance(o, DecodeJob) and o.spec]
+    names = kinds(out)
+    close = names.index(STOPPED)
+    # The close keeps the guess (it is due like a final now) instead of a new decode.
+    assert names[close:] == [STOPPED, "input_audio_buffer.committed", "Settle(keep=True)"]
+    settle = out[close + 2]
+    assert isinstance(settle, Settle) and settle.spec == guess.spec
+    assert COMPLETED not in names
+    [done] = s.decoded(guess, transcriber().transcribe(guess.pcm, guess.final))
+    assert isinstance(done, dict) and done["type"] == COMPLETED
+    assert done["item_id"] == guess.item_id
+    assert coverage(reference_texts()["lj002-0020-22k05.wav"], done["transcript"]) >= 0.8
+
+
+def test_guess_is_dropped_when_speech_resumes() -> None:
+    # Two sentences 0.4 s apart (< min_silence 500 ms): one segment, a pause in it.
+    s = Session(params(VadParams(max_speech_duration_s=30)))
+    pcm = np.concatenate([silence(0.5), speech("lj002-0020-22k05.wav"), silence(0.4),
+                          speech("lj002-0035-22k05.wav"), silence(1.0)])
+    out: list[Output] = []
+    first: DecodeJob | None = None
+    late: list[Any] = []
+    for batch in messages(s, pcm):
+        out += batch
+        for o in batch:
+            if isinstance(o, DecodeJob) and o.spec and first is None:
+                first = o  # its answer comes late, after the speech resumed
+            elif isinstance(o, Settle) and first is not None and o.spec == first.spec \
+                    and not o.keep:
+                late += s.decoded(first, "a stale guess")
+            elif isinstance(o, DecodeJob) and o.final:
+                out += s.decoded(o, transcriber().transcribe(o.pcm, o.final))
+    assert first is not None
+    names = kinds(out)
+    # Dropped (the scheduler may skip it) before the segment closed; its answer is ignored.
+    assert names.index("Settle(keep=False)") < names.index(STOPPED)
+    assert late == []
+    [done] = [o for o in out if isinstance(o, dict) and o["type"] == COMPLETED]
+    assert "stale" not in done["transcript"]
+    refs = reference_texts()
+    text = done["transcript"]
+    assert coverage(refs["lj002-0020-22k05.wav"], text) >= 0.8
+    assert coverage(refs["lj002-0035-22k05.wav"], text) >= 0.8
+    # The final covers both sentences: longer than the first guess.
+    assert (done["audio_end_ms"] - done["audio_start_ms"]) * 16 > len(first.pcm) + 16000
+
+
+def job(session: str, item: str, final: bool = True, spec: int = 0) -> DecodeJob:
+    return DecodeJob(session, item, final, np.zeros(1600, dtype=np.int16), spec=spec)
+
+
+def test_scheduler_runs_guesses_after_finals_and_settles_them() -> None:
+    gate = threading.Event()
+    done: list[str] = []
+
+    def transcribe(pcm: np.ndarray, final: bool) -> str:
+        gate.wait(10)
+        return "text"
+
+    async def main() -> None:
+        sched = Scheduler(transcribe, queue_max=16)
+        runner = asyncio.create_task(sched.run(), name="test-dispatcher")
+        finished = asyncio.Event()
+
+        def deliver(j: DecodeJob, text: str | None, error: str | None) -> None:
+            done.append(j.item_id)
+            if len(done) == 6:
+                finished.set()
+
+        await sched.submit(job("a", "busy"), deliver)  # holds the worker
+        await asyncio.sleep(0.05)
+        await sched.submit(job("a", "a-partial", final=False), deliver)
+        await sched.submit(job("a", "a-guess", spec=1), deliver)
+        await sched.submit(job("b", "b-stale", spec=1), deliver)
+        await sched.submit(job("b", "b1"), deliver)
+        await sched.submit(job("c", "c-kept", spec=1), deliver)
+        await sched.submit(job("c", "c-next"), deliver)  # waits behind c's guess
+        await sched.settle(Settle("b", 1, keep=False))
+        await sched.settle(Settle("c", 1, keep=True))
+        gate.set()
+        await asyncio.wait_for(finished.wait(), 20)
+        await asyncio.sleep(0.3)
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        sched.close()
+
+    asyncio.run(main())
+    # b's stale guess never runs; c's kept guess is a final; a's guess after every
+    # final, the partial last; each session's results in submission order.
+    assert done[0] == "busy"
+    assert set(done[1:4]) == {"b1", "c-kept", "c-next"}
+    assert done.index("c-kept") < done.index("c-next")
+    assert done[4:] == ["a-guess", "a-partial"]
+    assert "b-stale" not in done
+
+
+def test_commit_during_the_pause_uses_the_guess_once() -> None:
+    s = Session(params())
+    pcm = np.concatenate([silence(0.5), speech("lj002-0020-22k05.wav"), silence(0.4)])
+    out = [o for batch in messages(s, pcm) for o in batch]
+    [guess] = [o for o in out if isinstance(o, DecodeJob) and o.spec]
+    new = s.receive('{"type": "input_audio_buffer.commit"}')
+    # One item: the open segment, closed by the commit with the guessed audio.
+    assert kinds(new) == [STOPPED, "input_audio_buffer.committed", "Settle(keep=True)"]
+    [done] = s.decoded(guess, transcriber().transcribe(guess.pcm, guess.final))
+    assert isinstance(done, dict) and done["type"] == COMPLETED
+    assert coverage(reference_texts()["lj002-0020-22k05.wav"], done["transcript"]) >= 0.8
