@@ -64,6 +64,12 @@ def classify(exc: BaseException) -> Verdict:
     return Verdict.FATAL
 
 
+def should_retry(exc: BaseException, *, after_stop: bool) -> bool:
+    """The reconnect loop's only question. After a stop was asked, one attempt to
+    flush is all there is: a failure then ends the uplink instead of spinning."""
+    return classify(exc) is not Verdict.FATAL and not after_stop
+
+
 def describe(exc: BaseException) -> str:
     """One line for the log and the state topic; never includes request headers."""
     if isinstance(exc, InvalidStatus):

@@ -21,7 +21,7 @@ from websockets.asyncio.client import ClientConnection
 from . import protocol
 from .config import UplinkSettings
 from .protocol import ClientCore, Partial, Ready, ServerError
-from .retry import SLOW_CODES, UplinkError, Verdict, classify, describe
+from .retry import SLOW_CODES, UplinkError, Verdict, classify, describe, should_retry
 from .transcript import Transcript
 
 log = logging.getLogger("roomscribe.uplink")
@@ -100,9 +100,8 @@ class Uplink:
         while not self._stopping.is_set() or self.core.backlog_s > 0:
             retrying = AsyncRetrying(
                 wait=self._wait,
-                retry=retry_if_exception(lambda e: classify(e) is not Verdict.FATAL
-                                         and not isinstance(e, _HealthyDrop)
-                                         and not self._tries_since_stop),
+                retry=retry_if_exception(lambda e: not isinstance(e, _HealthyDrop) and
+                                         should_retry(e, after_stop=self._tries_since_stop > 0)),
                 before_sleep=self._before_sleep,
                 sleep=self._sleep,
                 reraise=True,
@@ -120,7 +119,7 @@ class Uplink:
                 self.reconnects += 1
                 continue
             except Exception as exc:
-                # The one attempt after stop() failed too: give up rather than spin.
+                # Retrying gave up: only a failed last attempt after stop() is expected.
                 if not self._tries_since_stop or classify(exc) is Verdict.FATAL:
                     raise
                 log.warning("uplink: stopping with %.1f s of audio not transcribed: %s",
