@@ -10,7 +10,7 @@ import difflib
 import functools
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from roomscribe.config import ServerSettings
-from roomscribe.server.asr import Transcriber
+from roomscribe.server.asr import Scheduler, Transcriber
 from roomscribe.server.handshake import ConnectParams
 from roomscribe.server.session import DecodeJob, Limits, Session
 from roomscribe.server.vad import VadParams
@@ -153,3 +153,44 @@ def server(settings: ServerSettings | None = None) -> Iterator[int]:
     finally:
         state["loop"].call_soon_threadsafe(state["stop"].set)
         thread.join(15)
+
+
+Result = tuple[str, str | None, str | None]  # item id, text, error
+Deliver = Callable[[DecodeJob, str | None, str | None], None]
+
+
+def run_held_scheduler(script: Callable[[Scheduler, Deliver], Awaitable[None]],
+                       expect: int, fail: str = "", linger_s: float = 0.0) -> list[Result]:
+    """Run `script` (submits, settles) against a real Scheduler whose model is held
+    busy, then release it; return the first `expect` results in decode order, after
+    waiting `linger_s` more for anything that should not have run."""
+    gate = threading.Event()
+    done: list[Result] = []
+
+    def transcribe(pcm: npt.NDArray[np.int16], final: bool) -> str:
+        gate.wait(10)
+        if fail and len(done) == 1:  # the second decode breaks (the fault is the point)
+            raise RuntimeError(fail)
+        return "text"
+
+    async def main() -> None:
+        sched = Scheduler(transcribe, queue_max=16)
+        runner = asyncio.create_task(sched.run(), name="test-dispatcher")
+        finished = asyncio.Event()
+
+        def deliver(j: DecodeJob, text: str | None, error: str | None) -> None:
+            done.append((j.item_id, text, error))
+            if len(done) == expect:
+                finished.set()
+
+        await script(sched, deliver)
+        await asyncio.sleep(0.05)
+        gate.set()
+        await asyncio.wait_for(finished.wait(), 20)
+        await asyncio.sleep(linger_s)
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        sched.close()
+
+    asyncio.run(main())
+    return done

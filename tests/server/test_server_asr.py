@@ -3,13 +3,12 @@ dropped, a failing decode reported as such while the others go on."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
-
 import numpy as np
 import pytest
 
 pytest.importorskip("faster_whisper")
+
+from server_support import Deliver, Result, run_held_scheduler
 
 from roomscribe.server.asr import Scheduler
 from roomscribe.server.session import DecodeJob
@@ -21,40 +20,15 @@ def job(session: str, item: str, final: bool = True, seq: int = 0) -> DecodeJob:
     return DecodeJob(session, item, final, np.zeros(1600, dtype=np.int16), seq)
 
 
-def run_order(jobs: list[DecodeJob], expect: int,
-              fail: str = "") -> list[tuple[str, str | None, str | None]]:
+def run_order(jobs: list[DecodeJob], expect: int, fail: str = "") -> list[Result]:
     """Queue `jobs` while the worker is held busy, release it, and return the first
     `expect` results in the order they were decoded."""
-    gate = threading.Event()
-    done: list[tuple[str, str | None, str | None]] = []
 
-    def transcribe(pcm: np.ndarray, final: bool) -> str:
-        gate.wait(10)
-        if fail and len(done) == 1:  # the second decode breaks (the fault is the point)
-            raise RuntimeError(fail)
-        return "text"
-
-    async def main() -> None:
-        sched = Scheduler(transcribe, queue_max=16)
-        runner = asyncio.create_task(sched.run(), name="test-dispatcher")
-        finished = asyncio.Event()
-
-        def deliver(j: DecodeJob, text: str | None, error: str | None) -> None:
-            done.append((j.item_id, text, error))
-            if len(done) == expect:
-                finished.set()
-
+    async def submit_all(sched: Scheduler, deliver: Deliver) -> None:
         for j in jobs:
             await sched.submit(j, deliver)
-        await asyncio.sleep(0.05)
-        gate.set()
-        await asyncio.wait_for(finished.wait(), 20)
-        runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
-        sched.close()
 
-    asyncio.run(main())
-    return done
+    return run_held_scheduler(submit_all, expect, fail)
 
 
 def test_finals_round_robin_then_newest_partial() -> None:

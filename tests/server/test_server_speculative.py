@@ -6,13 +6,21 @@ such a job after every real final and before partials, and settles it as told.""
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
-from server_support import append, coverage, params, silence, speech, transcriber
+from server_support import (
+    Deliver,
+    append,
+    coverage,
+    params,
+    run_held_scheduler,
+    silence,
+    speech,
+    transcriber,
+)
 
 pytest.importorskip("faster_whisper")
 
@@ -125,23 +133,7 @@ def job(session: str, item: str, final: bool = True, spec: int = 0) -> DecodeJob
 
 
 def test_scheduler_runs_guesses_after_finals_and_settles_them() -> None:
-    gate = threading.Event()
-    done: list[str] = []
-
-    def transcribe(pcm: np.ndarray, final: bool) -> str:
-        gate.wait(10)
-        return "text"
-
-    async def main() -> None:
-        sched = Scheduler(transcribe, queue_max=16)
-        runner = asyncio.create_task(sched.run(), name="test-dispatcher")
-        finished = asyncio.Event()
-
-        def deliver(j: DecodeJob, text: str | None, error: str | None) -> None:
-            done.append(j.item_id)
-            if len(done) == 6:
-                finished.set()
-
+    async def script(sched: Scheduler, deliver: Deliver) -> None:
         await sched.submit(job("a", "busy"), deliver)  # holds the worker
         await asyncio.sleep(0.05)
         await sched.submit(job("a", "a-partial", final=False), deliver)
@@ -152,14 +144,8 @@ def test_scheduler_runs_guesses_after_finals_and_settles_them() -> None:
         await sched.submit(job("c", "c-next"), deliver)  # waits behind c's guess
         await sched.settle(Settle("b", 1, keep=False))
         await sched.settle(Settle("c", 1, keep=True))
-        gate.set()
-        await asyncio.wait_for(finished.wait(), 20)
-        await asyncio.sleep(0.3)
-        runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
-        sched.close()
 
-    asyncio.run(main())
+    done = [item for item, _, _ in run_held_scheduler(script, expect=6, linger_s=0.3)]
     # b's stale guess never runs; c's kept guess is a final; a's guess after every
     # final, the partial last; each session's results in submission order.
     assert done[0] == "busy"
