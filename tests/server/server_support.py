@@ -46,8 +46,8 @@ def silence(seconds: float) -> npt.NDArray[np.int16]:
 
 @functools.cache
 def transcriber() -> Transcriber:
-    """The bundled tiny.en, loaded once per test process."""
-    return Transcriber()
+    """The bundled tiny.en, loaded once per test process, with the default workers."""
+    return Transcriber(workers=ServerSettings().workers)
 
 
 def normalise(text: str) -> list[str]:

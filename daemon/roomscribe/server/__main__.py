@@ -37,7 +37,8 @@ async def serve_until_signal(server: ServerSettings) -> None:
     from .asr import DecodeOptions, Transcriber
 
     transcriber = Transcriber(server.model, server.compute_type, server.cpu_threads,
-                              DecodeOptions(server.final_beam_size, server.language))
+                              DecodeOptions(server.final_beam_size, server.language),
+                              workers=server.workers)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

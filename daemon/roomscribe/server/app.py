@@ -42,9 +42,10 @@ class RealtimeServer:
     def __init__(self, settings: ServerSettings,
                  transcribe: Callable[[npt.NDArray[np.int16], bool], str]):
         self.settings = settings
-        self.scheduler = Scheduler(transcribe, settings.queue_max)
+        self.scheduler = Scheduler(transcribe, settings.queue_max, settings.workers)
         self.limits = Limits(
             buffer_samples=int(settings.session_buffer_s * SAMPLE_RATE_HZ),
+            first_partial_samples=settings.first_partial_ms * SAMPLE_RATE_HZ // 1000,
             partial_interval_samples=settings.partial_interval_ms * SAMPLE_RATE_HZ // 1000)
         self.active = 0
         self.port = 0

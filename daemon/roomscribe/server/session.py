@@ -89,6 +89,7 @@ class _Spec:
 class Limits:
     # Most audio held for one segment (session_buffer_s x 16 000 samples).
     buffer_samples: int = 120 * SAMPLE_RATE_HZ
+    first_partial_samples: int = 400 * SAMPLES_PER_MS
     partial_interval_samples: int = 700 * SAMPLES_PER_MS
 
 
@@ -325,10 +326,10 @@ class Session:
             if isinstance(ev, Started):
                 item = self._new_item()
                 self._started.append((item, ev.start))
-                # The first partial one interval after the onset (the pad is before it).
+                # The onset is one pad after the padded start.
                 onset = ev.start + (self._vad.segmenter.params.speech_pad_ms * SAMPLES_PER_MS
                                     if self._vad is not None else 0)
-                self._next_partial_at = onset + self.limits.partial_interval_samples
+                self._next_partial_at = onset + self.limits.first_partial_samples
                 out.append(self._event("input_audio_buffer.speech_started", item_id=item,
                                        audio_start_ms=_floor_ms(ev.start)))
             elif isinstance(ev, Closed):
