@@ -201,7 +201,7 @@ async def run(counts: list[int], repeat: int, lockstep: bool) -> None:
             results = await asyncio.gather(*(one_stream(srv.port, pcm, 0.3 * i)
                                              for i, pcm in enumerate(streams)))
             wall = time.monotonic() - start
-            busy = srv.scheduler.busy_s.total() / wall
+            busy = sum(srv.scheduler.busy_s.values()) / wall
             print(f"{n} streams: " + ", ".join(
                 f"{kind} {count} x {srv.scheduler.busy_s[kind] / count * 1000:.0f} ms"
                 for kind, count in srv.scheduler.decodes.items()), file=sys.stderr)

@@ -3,6 +3,10 @@ dropped, a failing decode reported as such while the others go on."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
@@ -49,3 +53,109 @@ def test_a_failing_decode_is_reported_and_the_rest_go_on() -> None:
     assert order[0] == ("a1", "text", None)
     assert order[1][0] == "a2" and order[1][1] is None and "boom" in (order[1][2] or "")
     assert order[2] == ("a3", "text", None)
+
+
+class HeldModel:
+    """A model whose decodes start when the scheduler hands them over and finish only
+    when the test releases them; jobs are told apart by their length in samples."""
+
+    def __init__(self) -> None:
+        self.started: list[int] = []
+        self._release: dict[int, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def transcribe(self, pcm: np.ndarray, final: bool) -> str:
+        with self._lock:
+            self.started.append(len(pcm))
+            gate = self._release.setdefault(len(pcm), threading.Event())
+        gate.wait(10)
+        return "text"
+
+    def release(self, n: int) -> None:
+        with self._lock:
+            self._release.setdefault(n, threading.Event()).set()
+
+
+def sized(session: str, item: str, n: int, final: bool = True) -> DecodeJob:
+    return DecodeJob(session, item, final, np.zeros(n, dtype=np.int16), seq=1)
+
+
+async def until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def test_partials_leave_a_worker_free_for_a_final() -> None:
+    model = HeldModel()
+    delivered: list[str] = []
+
+    async def main() -> None:
+        sched = Scheduler(model.transcribe, workers=2)
+        runner = asyncio.create_task(sched.run(), name="test-dispatcher")
+
+        def deliver(j: DecodeJob, text: str | None, error: str | None) -> None:
+            delivered.append(j.item_id)
+
+        await sched.submit(sized("a", "pa", 1001, final=False), deliver)
+        await sched.submit(sized("b", "pb", 1002, final=False), deliver)
+        await until(lambda: model.started == [1001])
+        await asyncio.sleep(0.2)
+        assert model.started == [1001]  # the second partial waits: one worker stays free
+        await sched.submit(sized("c", "fc", 2001), deliver)
+        await until(lambda: 2001 in model.started)  # the final starts beside the partial
+        for n in (1001, 1002, 2001):
+            model.release(n)
+        await until(lambda: len(delivered) == 3)
+        assert model.started == [1001, 2001, 1002]
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        sched.close()
+
+    asyncio.run(main())
+
+
+def test_one_decode_per_session_at_a_time_so_results_stay_in_order() -> None:
+    model = HeldModel()
+    delivered: list[str] = []
+
+    async def main() -> None:
+        sched = Scheduler(model.transcribe, workers=2)
+        runner = asyncio.create_task(sched.run(), name="test-dispatcher")
+
+        def deliver(j: DecodeJob, text: str | None, error: str | None) -> None:
+            delivered.append(j.item_id)
+
+        for item, n in (("a1", 3001), ("a2", 3002)):
+            await sched.submit(sized("a", item, n), deliver)
+        await sched.submit(sized("b", "b1", 4001), deliver)
+        await until(lambda: sorted(model.started) == [3001, 4001])
+        model.release(3002)  # a2 could finish first, were it allowed to start
+        await asyncio.sleep(0.2)
+        assert 3002 not in model.started  # a1 still runs: a2 waits its turn
+        model.release(3001)
+        await until(lambda: delivered[:2] == ["a1", "a2"])
+        model.release(4001)
+        await until(lambda: len(delivered) == 3)
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        sched.close()
+
+    asyncio.run(main())
+
+
+def test_partial_decode_hears_the_words_so_far() -> None:
+    from server_support import coverage, speech, transcriber
+
+    first_3s = speech("jfk-44k1-stereo.wav")[: 3 * 16000]
+    text = transcriber().transcribe(first_3s, final=False)
+    assert coverage("and so my fellow Americans", text) >= 0.6, text
+
+
+def test_a_looping_decode_is_recognised() -> None:
+    from roomscribe.server.asr import looped
+
+    assert looped("in 1813 " * 12)
+    assert not looped("And so, my fellow Americans, ask not what your country can do.")
+    assert not looped("")

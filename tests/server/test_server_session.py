@@ -242,3 +242,20 @@ def test_vad_segment_cap_bounds_memory_on_endless_speech() -> None:
         peak = max(peak, d.session.buffered_samples)
     assert peak <= 4 * RATE
     assert len(d.of(COMPLETED)) >= 3
+
+
+def test_first_partial_after_first_partial_ms_then_every_interval() -> None:
+    limits = Limits(first_partial_samples=400 * RATE // 1000,
+                    partial_interval_samples=700 * RATE // 1000)
+    d = driver(limits=limits, partials=False)
+    d.stream(np.concatenate([silence(0.5), speech("jfk-44k1-stereo.wav")[: 4 * RATE]]))
+    started = d.of("input_audio_buffer.speech_started")
+    partials = [j for j in d.jobs if not j.final]
+    assert started and len(partials) >= 3
+    onset_s = started[0]["audio_start_ms"] / 1000 + 0.25  # the pad comes first
+    # A partial decodes from the padded start to the newest sample: its end is when
+    # it was asked for. 100 ms appends: up to one append late.
+    ends_s = [started[0]["audio_start_ms"] / 1000 + len(j.pcm) / RATE for j in partials]
+    assert 0.399 <= ends_s[0] - onset_s < 0.5 + 0.05
+    gaps = np.diff(ends_s)
+    assert all(0.699 <= g < 0.8 + 0.05 for g in gaps[:2]), gaps

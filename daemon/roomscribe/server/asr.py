@@ -24,7 +24,7 @@ import concurrent.futures
 import importlib.resources
 import logging
 import os
-from collections import Counter, deque
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -38,6 +38,19 @@ log = logging.getLogger(__name__)
 
 # Shorter than this, Whisper invents words: answer "" without running it.
 MIN_DECODE_SAMPLES = SAMPLE_RATE_HZ // 10
+# Whisper's encoder always reads 30 s (3000 mel frames, 100 per second); most of a
+# partial's window is padding, and the encoder is two thirds of a decode. Partials
+# read a shorter window: the audio plus 3 s of padding, at least 10 s. Below 10 s
+# tiny.en starts to loop or drop words; at 10 s a partial costs 94 ms instead of 298 ms
+# (2 threads) and its hypothesis differs from the 30 s one at the word being spoken.
+# Finals always read the full 30 s.
+FULL_WINDOW_FRAMES = 3000
+PARTIAL_MIN_FRAMES = 1000
+PARTIAL_PAD_FRAMES = 300
+# A partial may not run on: speech is at most ~6 tokens a second.
+PARTIAL_TOKENS_PER_S = 8
+# faster-whisper's threshold for "too repetitive" (zlib compression ratio).
+LOOP_RATIO = 2.4
 
 
 def bundled_model_path() -> str:
@@ -73,17 +86,56 @@ class Transcriber:
                                    num_workers=workers, local_files_only=True)
         multilingual = bool(self._model.model.is_multilingual)
         self._language = self.options.language or (None if multilingual else "en")
+        # The decoder prompt of a partial; None (the language is detected per decode)
+        # sends partials down the full path.
+        self._prompt: list[int] | None = None
+        if self._language is not None:
+            from faster_whisper.tokenizer import Tokenizer
+            from faster_whisper.transcribe import get_suppressed_tokens
+
+            self._tokenizer = Tokenizer(self._model.hf_tokenizer, multilingual,
+                                        task="transcribe", language=self._language)
+            self._prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
+            self._suppress = get_suppressed_tokens(self._tokenizer, (-1,))
 
     def transcribe(self, pcm: npt.NDArray[np.int16], final: bool) -> str:
         if len(pcm) < MIN_DECODE_SAMPLES:
             return ""
         audio = pcm.astype(np.float32) / 32768.0
+        if not final and self._prompt is not None:
+            return self._partial(audio)
         segments, _info = self._model.transcribe(
             audio, language=self._language,
             beam_size=self.options.final_beam_size if final else 1,
             condition_on_previous_text=False, vad_filter=False,
             without_timestamps=True)
         return " ".join(s.text.strip() for s in segments).strip()
+
+    def _partial(self, audio: npt.NDArray[np.float32]) -> str:
+        """Greedy decode of a short window; "" when the model loops."""
+        import ctranslate2
+
+        assert self._prompt is not None
+        features = self._model.feature_extractor(audio)
+        frames = min(FULL_WINDOW_FRAMES,
+                     max(PARTIAL_MIN_FRAMES, features.shape[-1] + PARTIAL_PAD_FRAMES))
+        window = np.zeros((1, features.shape[0], frames), dtype=np.float32)
+        used = min(frames, features.shape[-1])
+        window[0, :, :used] = features[:, :used]
+        max_new = int(len(audio) / SAMPLE_RATE_HZ * PARTIAL_TOKENS_PER_S) + 8
+        result = self._model.model.generate(
+            ctranslate2.StorageView.from_array(window), [self._prompt], beam_size=1,
+            max_length=len(self._prompt) + max_new, suppress_blank=True,
+            suppress_tokens=self._suppress)[0]
+        text: str = self._tokenizer.decode(result.sequences_ids[0]).strip()
+        return "" if looped(text) else text
+
+
+def looped(text: str) -> bool:
+    """Whisper's sign of a decode stuck repeating itself: the text compresses too well."""
+    from faster_whisper.transcribe import get_compression_ratio
+
+    return bool(text) and get_compression_ratio(text) > LOOP_RATIO
 
 
 Deliver = Callable[[DecodeJob, str | None, str | None], None]
@@ -116,8 +168,8 @@ class Scheduler:
             max_workers=workers, thread_name_prefix="roomscribe-asr")
         # Decoding time and count by kind ("final", "speculative", "partial"): for the
         # benchmark and the logs, never for decisions.
-        self.busy_s: Counter[str] = Counter()
-        self.decodes: Counter[str] = Counter()
+        self.busy_s: defaultdict[str, float] = defaultdict(float)
+        self.decodes: defaultdict[str, int] = defaultdict(int)
 
     @property
     def queued_finals(self) -> int:
