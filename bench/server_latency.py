@@ -45,7 +45,7 @@ from websockets.asyncio.client import connect
 
 from roomscribe.config import ServerSettings
 from roomscribe.server.app import running
-from roomscribe.server.asr import Transcriber
+from roomscribe.server.transcriber import Transcriber
 from roomscribe.server.vad import VadParams
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))

