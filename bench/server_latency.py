@@ -17,7 +17,8 @@ case for the shared model).
 - first delta: from the start of an utterance (found as its end is) to the first
   delta of the item that begins with it (its completed, if it came first), p50 / p95;
 - WER of the streamed transcripts against the same model transcribing each whole file
-  offline (the streaming penalty), and both against the reference transcripts;
+  offline with faster-whisper's defaults (the streaming penalty), and of both against
+  the reference transcripts;
 - model busy: decoding time over wall time, per worker;
 - sustained: end-of-speech p95 <= min_silence + 400 ms (an end never answered is inf).
 
@@ -30,6 +31,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import statistics
 import sys
@@ -170,6 +172,24 @@ def end_latencies(result: Result, spans: list[tuple[float, float]]) -> list[floa
     return out
 
 
+@functools.cache
+def offline_model() -> Any:
+    from faster_whisper import WhisperModel
+
+    from roomscribe.server.transcriber import bundled_model_path
+
+    return WhisperModel(bundled_model_path(), device="cpu", compute_type="int8",
+                        local_files_only=True)
+
+
+def offline_text(pcm: npt.NDArray[np.int16]) -> str:
+    """The same model on a whole file, as faster-whisper transcribes it by default
+    (30 s windows, beam 5, temperature fallback): the reference for the penalty."""
+    segments, _ = offline_model().transcribe(pcm.astype(np.float32) / 32768.0, language="en",
+                                   beam_size=5)
+    return " ".join(s.text.strip() for s in segments)
+
+
 def norm(text: str) -> str:
     return " ".join("".join(c.lower() if c.isalnum() else " " for c in text).split())
 
@@ -181,7 +201,7 @@ def pct(values: list[float], q: float) -> float:
 async def run(counts: list[int], repeat: int, lockstep: bool) -> None:
     settings = ServerSettings()
     transcriber = Transcriber(workers=settings.workers)
-    offline = {f: norm(transcriber.transcribe(load(f), final=True)) for f in FILES}
+    offline = {f: norm(offline_text(load(f))) for f in FILES}
     refs = {f: norm(text) for f, text in reference_texts().items()}
     print(f"offline: {offline}; offline WER vs references "
           f"{jiwer.wer(' '.join(refs[f] for f in FILES), ' '.join(offline.values())):.1%}\n",
