@@ -20,8 +20,8 @@ import numpy as np
 import numpy.typing as npt
 
 from roomscribe.config import ServerSettings
-from roomscribe.server.asr import Scheduler
 from roomscribe.server.handshake import ConnectParams
+from roomscribe.server.scheduler import Scheduler
 from roomscribe.server.session import DecodeJob, Limits, Session
 from roomscribe.server.transcriber import Transcriber
 from roomscribe.server.vad import VadParams

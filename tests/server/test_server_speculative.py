@@ -25,7 +25,7 @@ from server_support import (
 pytest.importorskip("faster_whisper")
 
 from conftest import reference_texts
-from roomscribe.server.asr import Scheduler
+from roomscribe.server.scheduler import Scheduler
 from roomscribe.server.session import DecodeJob, Output, Session, Settle
 from roomscribe.server.vad import VadParams
 

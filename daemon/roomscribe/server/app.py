@@ -25,7 +25,7 @@ from websockets.typing import Subprotocol
 from ..audio import SAMPLE_RATE_HZ
 from ..config import ServerSettings
 from . import handshake
-from .asr import Scheduler
+from .scheduler import Scheduler
 from .session import DecodeJob, Event, Limits, Session, Settle
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ pytest.importorskip("faster_whisper")
 
 from server_support import Deliver, Result, run_held_scheduler
 
-from roomscribe.server.asr import Scheduler
+from roomscribe.server.scheduler import Scheduler
 from roomscribe.server.session import DecodeJob
 
 pytestmark = pytest.mark.server
