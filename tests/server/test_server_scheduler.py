@@ -4,18 +4,18 @@ dropped, a failing decode reported as such while the others go on."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 import pytest
 
 pytest.importorskip("faster_whisper")
 
-from server_support import Deliver, Result, run_held_scheduler
-
 from roomscribe.server.scheduler import Scheduler
 from roomscribe.server.session import DecodeJob
+from server_support import Deliver, Result, run_held_scheduler
 
 pytestmark = pytest.mark.server
 
@@ -87,59 +87,86 @@ async def until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-def test_partials_leave_a_worker_free_for_a_final() -> None:
-    model = HeldModel()
+@contextlib.asynccontextmanager
+async def dispatching(model: HeldModel) -> AsyncIterator[tuple[Scheduler, Deliver, list[str]]]:
+    """A two-worker scheduler over `model`, its deliver callback, and the items
+    delivered so far."""
+    sched = Scheduler(model.transcribe, workers=2)
+    runner = asyncio.create_task(sched.run(), name="test-dispatcher")
     delivered: list[str] = []
 
-    async def main() -> None:
-        sched = Scheduler(model.transcribe, workers=2)
-        runner = asyncio.create_task(sched.run(), name="test-dispatcher")
+    def deliver(j: DecodeJob, text: str | None, error: str | None) -> None:
+        delivered.append(j.item_id)
 
-        def deliver(j: DecodeJob, text: str | None, error: str | None) -> None:
-            delivered.append(j.item_id)
-
-        await sched.submit(sized("a", "pa", 1001, final=False), deliver)
-        await sched.submit(sized("b", "pb", 1002, final=False), deliver)
-        await until(lambda: model.started == [1001])
-        await asyncio.sleep(0.2)
-        assert model.started == [1001]  # the second partial waits: one worker stays free
-        await sched.submit(sized("c", "fc", 2001), deliver)
-        await until(lambda: 2001 in model.started)  # the final starts beside the partial
-        for n in (1001, 1002, 2001):
-            model.release(n)
-        await until(lambda: len(delivered) == 3)
-        assert model.started == [1001, 2001, 1002]
+    try:
+        yield sched, deliver, delivered
+    finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
         sched.close()
+
+
+def test_partials_leave_a_worker_free_for_a_final() -> None:
+    model = HeldModel()
+
+    async def main() -> None:
+        async with dispatching(model) as (sched, deliver, delivered):
+            await sched.submit(sized("a", "pa", 1001, final=False), deliver)
+            await sched.submit(sized("b", "pb", 1002, final=False), deliver)
+            await until(lambda: model.started == [1001])
+            await asyncio.sleep(0.2)
+            assert model.started == [1001]  # the second partial waits: a worker stays free
+            await sched.submit(sized("c", "fc", 2001), deliver)
+            await until(lambda: 2001 in model.started)  # the final starts beside the partial
+            for n in (1001, 1002, 2001):
+                model.release(n)
+            await until(lambda: len(delivered) == 3)
+            assert model.started == [1001, 2001, 1002]
 
     asyncio.run(main())
 
 
 def test_one_decode_per_session_at_a_time_so_results_stay_in_order() -> None:
     model = HeldModel()
-    delivered: list[str] = []
 
     async def main() -> None:
-        sched = Scheduler(model.transcribe, workers=2)
-        runner = asyncio.create_task(sched.run(), name="test-dispatcher")
+        async with dispatching(model) as (sched, deliver, delivered):
+            for item, n in (("a1", 3001), ("a2", 3002)):
+                await sched.submit(sized("a", item, n), deliver)
+            await sched.submit(sized("b", "b1", 4001), deliver)
+            await until(lambda: sorted(model.started) == [3001, 4001])
+            model.release(3002)  # a2 could finish first, were it allowed to start
+            await asyncio.sleep(0.2)
+            assert 3002 not in model.started  # a1 still runs: a2 waits its turn
+            model.release(3001)
+            await until(lambda: delivered[:2] == ["a1", "a2"])
+            model.release(4001)
+            await until(lambda: len(delivered) == 3)
 
-        def deliver(j: DecodeJob, text: str | None, error: str | None) -> None:
-            delivered.append(j.item_id)
+    asyncio.run(main())
 
-        for item, n in (("a1", 3001), ("a2", 3002)):
-            await sched.submit(sized("a", item, n), deliver)
-        await sched.submit(sized("b", "b1", 4001), deliver)
-        await until(lambda: sorted(model.started) == [3001, 4001])
-        model.release(3002)  # a2 could finish first, were it allowed to start
-        await asyncio.sleep(0.2)
-        assert 3002 not in model.started  # a1 still runs: a2 waits its turn
-        model.release(3001)
-        await until(lambda: delivered[:2] == ["a1", "a2"])
-        model.release(4001)
-        await until(lambda: len(delivered) == 3)
-        runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
-        sched.close()
+
+def test_a_closed_sessions_waiting_finals_free_the_queue() -> None:
+    """forget() drops what no one will read, and a connection blocked on a full queue
+    goes on."""
+    model = HeldModel()
+
+    async def main() -> None:
+        async with dispatching(model) as (sched, deliver, delivered):
+            sched.queue_max = 2
+            await sched.submit(sized("a", "a1", 5001), deliver)
+            await until(lambda: model.started == [5001])  # a1 runs and holds a worker
+            await sched.submit(sized("a", "a2", 5002), deliver)
+            await sched.submit(sized("a", "a3", 5003), deliver)  # the queue is full
+            blocked = asyncio.create_task(sched.submit(sized("b", "b1", 6001), deliver))
+            await asyncio.sleep(0.2)
+            assert not blocked.done()
+            await sched.forget("a")
+            await asyncio.wait_for(blocked, 5)
+            await until(lambda: 6001 in model.started)
+            for n in (5001, 6001):
+                model.release(n)
+            await until(lambda: sorted(delivered) == ["a1", "b1"])
+            assert 5002 not in model.started and 5003 not in model.started
 
     asyncio.run(main())

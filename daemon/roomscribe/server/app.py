@@ -125,7 +125,7 @@ class RealtimeServer:
         except ConnectionClosed:
             pass
         finally:
-            self.scheduler.forget(session.id)
+            await self.scheduler.forget(session.id)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,13 +1,13 @@
 """The decode queue in front of the shared Whisper model: fair, bounded, finals first.
 
-`Scheduler` lives on the event loop: it picks the next job — finals, then speculative finals,
-then partials, round-robin across sessions — and hands it to a worker thread, so the
-loop never waits on the model. `workers` decodes run at once (CTranslate2 keeps one
-model replica per worker): two single-stream decodes on two cores get through 1.5x
-the jobs of one decode using both cores, whose small matrix products parallelise
-poorly. Partials never take the last free worker, so a final starts at once unless
-another final is running. A session has at most one decode running, so its results
-stay in order.
+`Scheduler` lives on the event loop: it picks the next job — finals, then speculative
+finals, then partials, round-robin across sessions — and hands it to a worker thread,
+so the loop never waits on the model. `workers` decodes run at once (CTranslate2 keeps
+one model replica per worker): two decodes at once on two cores get through 1.5x the
+jobs of one decode at a time, whose small matrix products parallelise poorly.
+Partials never take the last free worker, so a final starts at once unless another
+final is running. A session has at most one decode running, so its results stay in
+order.
 A speculative final waits in its session's line of finals but only runs when no
 session's next job is a real final, until `settle()` makes it one (kept) or drops it
 (stale). Finals are never dropped: when `queue_max` finals wait, `submit()` blocks
@@ -65,10 +65,6 @@ class Scheduler:
         self.busy_s: defaultdict[str, float] = defaultdict(float)
         self.decodes: defaultdict[str, int] = defaultdict(int)
 
-    @property
-    def queued_finals(self) -> int:
-        return self._count
-
     async def submit(self, job: DecodeJob, deliver: Deliver) -> None:
         async with self._changed:
             if job.final:
@@ -100,17 +96,12 @@ class Scheduler:
                     self._changed.notify_all()
                     break
 
-    def forget(self, session_id: str) -> None:
+    async def forget(self, session_id: str) -> None:
         """Drop a closed session's waiting jobs (no one is left to read them)."""
-        dropped = self._finals.pop(session_id, deque())
-        self._count -= len(dropped)
-        self._partials.pop(session_id, None)
-        if dropped:
-            asyncio.get_running_loop().create_task(self._wake(), name="asr-wake")
-
-    async def _wake(self) -> None:
         async with self._changed:
-            self._changed.notify_all()
+            self._count -= len(self._finals.pop(session_id, ()))
+            self._partials.pop(session_id, None)
+            self._changed.notify_all()  # room for a blocked submit()
 
     def _choose(self) -> tuple[str, bool] | None:
         """The next job to run as (session, is_final), without taking it: a due final
