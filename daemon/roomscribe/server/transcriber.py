@@ -37,6 +37,7 @@ from ..audio import SAMPLE_RATE_HZ
 # Shorter than this, Whisper invents words: answer "" without running it.
 MIN_DECODE_SAMPLES = SAMPLE_RATE_HZ // 10
 FULL_WINDOW_FRAMES = 3000
+HOP = SAMPLE_RATE_HZ // 100  # samples per mel frame
 FINAL_MIN_FRAMES = 2000
 PARTIAL_MIN_FRAMES = 1000
 PAD_FRAMES = 300
@@ -83,7 +84,6 @@ class Transcriber:
 
         self.options = options or DecodeOptions()
         self.model_path = model or bundled_model_path()
-        self.workers = workers
         self._model = WhisperModel(self.model_path, device="cpu", compute_type=compute_type,
                                    cpu_threads=cpu_threads or default_threads(),
                                    num_workers=workers, local_files_only=True)
@@ -105,24 +105,23 @@ class Transcriber:
         if len(pcm) < MIN_DECODE_SAMPLES:
             return ""
         audio = pcm.astype(np.float32) / 32768.0
-        if self._prompt is not None:
-            features = self._model.feature_extractor(audio)
-            if features.shape[-1] + PAD_FRAMES <= FULL_WINDOW_FRAMES:
-                text = self._window(features, len(audio), final)
-                if not looped(text):
-                    return text
-                if not final:
-                    return ""  # the next partial, or the final, will do better
-        return self._full(audio, final)
+        if self._prompt is not None and len(pcm) // HOP + PAD_FRAMES < FULL_WINDOW_FRAMES:
+            text = self._window(self._model.feature_extractor(audio), len(pcm), final)
+            if not looped(text):
+                return text
+            if not final:
+                return ""  # the next partial, or the final, will do better
+        return self.transcribe_full(pcm, final)
 
     def _window(self, features: npt.NDArray[np.float32], samples: int, final: bool) -> str:
         import ctranslate2
 
         assert self._prompt is not None
-        used = features.shape[-1]
-        frames = max(FINAL_MIN_FRAMES if final else PARTIAL_MIN_FRAMES, used + PAD_FRAMES)
+        frames = min(FULL_WINDOW_FRAMES, max(FINAL_MIN_FRAMES if final else PARTIAL_MIN_FRAMES,
+                                             features.shape[-1] + PAD_FRAMES))
+        used = min(frames, features.shape[-1])
         window = np.zeros((1, features.shape[0], frames), dtype=np.float32)
-        window[0, :, :used] = features
+        window[0, :, :used] = features[:, :used]
         max_new = int(samples / SAMPLE_RATE_HZ * TOKENS_PER_S) + 8
         result: Any = self._model.model.generate(
             ctranslate2.StorageView.from_array(window), [self._prompt],
@@ -140,12 +139,9 @@ class Transcriber:
         return text if any(c.isalnum() for c in text) else ""  # "." on silence
 
     def transcribe_full(self, pcm: npt.NDArray[np.int16], final: bool) -> str:
-        """faster-whisper's own path only (the benchmark compares the two)."""
-        return self._full(pcm.astype(np.float32) / 32768.0, final)
-
-    def _full(self, audio: npt.NDArray[np.float32], final: bool) -> str:
+        """faster-whisper's own path: 30 s windows, any length, temperature fallback."""
         segments, _info = self._model.transcribe(
-            audio, language=self._language,
+            pcm.astype(np.float32) / 32768.0, language=self._language,
             beam_size=self.options.final_beam_size if final else 1,
             condition_on_previous_text=False, vad_filter=False,
             without_timestamps=True)
