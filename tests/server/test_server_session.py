@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+
 from server_support import (
     FILES,
     RATE,

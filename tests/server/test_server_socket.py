@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from server_support import append, coverage, server, silence, speech
 
 pytest.importorskip("faster_whisper")

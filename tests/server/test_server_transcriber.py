@@ -8,9 +8,8 @@ import pytest
 
 pytest.importorskip("faster_whisper")
 
-from server_support import RATE, coverage, silence, speech, transcriber
-
 from roomscribe.server.transcriber import looped
+from server_support import RATE, coverage, silence, speech, transcriber
 
 pytestmark = pytest.mark.server
 

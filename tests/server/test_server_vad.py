@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+
 from server_support import FILES, RATE, coverage, driver, silence, speech
 
 pytest.importorskip("faster_whisper")
