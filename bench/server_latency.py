@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import functools
 import json
@@ -51,7 +50,9 @@ from roomscribe.server.transcriber import Transcriber
 from roomscribe.server.vad import VadParams
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "server"))
 from conftest import reference_texts
+from server_support import append
 from stack import read_mono_16k
 
 FILES = ["jfk-44k1-stereo.wav", "lj002-0020-22k05.wav", "lj002-0035-22k05.wav",
@@ -65,7 +66,8 @@ MAX_UTTERANCE_S = 10.0
 QUERY = "model=openai/whisper-large-v3&input_audio_format=pcm_s16le_16000"
 
 
-def load(name: str) -> npt.NDArray[np.int16]:
+def load(name: str | Path) -> npt.NDArray[np.int16]:
+    """A shared recording by name, or any WAV by path, as 16 kHz mono int16."""
     return np.asarray(np.clip(read_mono_16k(name), -32768, 32767), dtype=np.int16)
 
 
@@ -139,9 +141,7 @@ async def one_stream(port: int, pcm: npt.NDArray[np.int16], delay_s: float) -> R
         for k in range(0, len(pcm), STEP):
             # The chunk [k, k + STEP) exists once its last sample was captured.
             await asyncio.sleep(max(0.0, t0 + (k + STEP) / RATE - time.monotonic()))
-            chunk = pcm[k:k + STEP].astype("<i2").tobytes()
-            await ws.send(json.dumps({"type": "input_audio_buffer.append",
-                                      "audio": base64.b64encode(chunk).decode()}))
+            await ws.send(append(pcm[k:k + STEP]))
         await asyncio.sleep(1.0)  # the last segment closes on its own
         await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
         # Finals come in order, so the commit's is the last; bounded wait.

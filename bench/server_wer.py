@@ -20,26 +20,21 @@ others: it widens the evidence, it does not replace real speech.
 
 from __future__ import annotations
 
-import base64
 import json
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import wave
 from pathlib import Path
 
 import jiwer
 import numpy as np
 import numpy.typing as npt
-import soxr
 
-from roomscribe.server.handshake import ConnectParams
-from roomscribe.server.session import DecodeJob, Session
-from roomscribe.server.transcriber import Transcriber
-from roomscribe.server.vad import VadParams
+from roomscribe.server.session import Session
 from server_latency import FILES, load, norm, offline_text, reference_texts
+from server_support import Driver, params, transcriber
 
 RATE = 16000
 SENTENCES = [
@@ -70,10 +65,7 @@ def espeak(text: str, folder: Path) -> npt.NDArray[np.int16]:
     path = folder / "s.wav"
     subprocess.run(["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(path), text],
                    check=True)
-    with wave.open(str(path)) as w:
-        pcm = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32)
-        rate = w.getframerate()
-    return np.clip(soxr.resample(pcm, rate, RATE), -32768, 32767).astype(np.int16)
+    return load(path)
 
 
 def corpora() -> dict[str, tuple[list[npt.NDArray[np.int16]], list[str], float]]:
@@ -88,22 +80,20 @@ def corpora() -> dict[str, tuple[list[npt.NDArray[np.int16]], list[str], float]]
     return out
 
 
-def segments(pcm: npt.NDArray[np.int16]) -> list[npt.NDArray[np.int16]]:
-    """The audio of each segment's final, in order, as a session cuts the stream."""
-    session = Session(ConnectParams("m", "pcm_s16le_16000", "transcription", VadParams()))
+def stream_finals(pcm: npt.NDArray[np.int16]) -> tuple[str, list[npt.NDArray[np.int16]]]:
+    """The streamed text as a session cuts and the server decodes it (no load: every
+    job runs at once), and the audio of each segment's final, in order."""
+    driver = Driver(Session(params()), partials=False)
+    driver.stream(pcm)
+    driver.send(json.dumps({"type": "input_audio_buffer.commit"}))
     finals: dict[str, npt.NDArray[np.int16]] = {}
-    messages = [json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(
-        pcm[k:k + RATE // 10].astype("<i2").tobytes()).decode()})
-        for k in range(0, len(pcm), RATE // 10)]
-    for message in [*messages, json.dumps({"type": "input_audio_buffer.commit"})]:
-        for out in session.receive(message):
-            if isinstance(out, DecodeJob) and out.final:
-                finals.setdefault(out.item_id, out.pcm)  # a guess and its final agree
-    return list(finals.values())
+    for job in driver.jobs:
+        finals.setdefault(job.item_id, job.pcm)  # a guess and its final hold the same audio
+    return " ".join(driver.transcripts()), list(finals.values())
 
 
 def main() -> int:
-    model = Transcriber()
+    model = transcriber()
     print("| corpus | words | segments | streamed WER vs reference | offline WER vs reference "
           "| streamed vs offline | offline vs offline padded | decode per segment: server "
           "path | faster-whisper 30 s |")
@@ -117,9 +107,11 @@ def main() -> int:
         # tiny.en's words move on a change that carries no information.
         pad = np.zeros(RATE // 4, dtype=np.int16)
         padded = norm(" ".join(offline_text(np.concatenate([pad, c, pad])) for c in clips))
-        segs = segments(stream)
+        text, segs = stream_finals(stream)
+        streamed = norm(text)
         start = time.perf_counter()
-        streamed = norm(" ".join(model.transcribe(s, final=True) for s in segs))
+        for s in segs:
+            model.transcribe(s, final=True)
         server_s = (time.perf_counter() - start) / len(segs)
         start = time.perf_counter()
         for s in segs:
