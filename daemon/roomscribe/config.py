@@ -172,11 +172,18 @@ class ServerSettings:
     cpu_threads: int = 0
     # Decodes run at once, each on its own model replica (tiny.en int8: ~40 MB each).
     workers: int = 2
-    # Decode jobs waiting for the model, across all sessions.
-    queue_max: int = 32
+    # Finals waiting for the model across all sessions beyond which new sessions are
+    # refused (error no_healthy_workers, close 4503): clients try another endpoint.
+    queue_max: int = 64
     max_sessions: int = 16
     # Per-session cap on audio held for the open segment: seconds x 32 000 bytes.
     session_buffer_s: float = 120.0
+    # Closed segments a session may have waiting for the model before its socket stops
+    # being read (a client ignoring `processed`): seconds x 32 000 bytes (60 s = 1.9 MB).
+    session_backlog_s: float = 60.0
+    # A session that sends no audio for this long is closed (1000 "idle timeout"), so
+    # silent sockets cannot hold every session.
+    idle_timeout_s: float = 120.0
     max_message_bytes: int = 1 << 20
     # The first delta once this much speech is in (the onset, not the pad, counts),
     # then one every partial_interval_ms.
@@ -278,6 +285,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "server.queue_max": (1, 10000),
     "server.max_sessions": (1, 10000),
     "server.session_buffer_s": (1, 3600),
+    "server.session_backlog_s": (1, 3600),
+    "server.idle_timeout_s": (1, 86400),
     "server.max_message_bytes": (1024, 1 << 26),
     "server.partial_interval_ms": (100, 10000),
     "server.first_partial_ms": (100, 10000),

@@ -75,6 +75,10 @@ class Settle:
 
 Output = Event | DecodeJob | Settle
 
+# `input_audio_buffer.processed` goes out when the watermark has moved this far (or a
+# final, commit or clear moved it at all): twice a second of streamed audio at most.
+PROCESSED_STEP_SAMPLES = SAMPLE_RATE_HZ // 2
+
 
 @dataclass
 class _Spec:
@@ -133,6 +137,9 @@ class Session:
         self._spec: _Spec | None = None
         self._spec_seq = 0
         self._events = 0
+        self._processed_sent = 0  # the last watermark announced (samples)
+        self._processed_due = False  # a final, commit or clear: announce any move
+        self._processed_announced = False
 
     # -- public ------------------------------------------------------------------
     @property
@@ -142,6 +149,46 @@ class Session:
     @property
     def buffered_samples(self) -> int:
         return len(self._buf) // BYTES_PER_SAMPLE
+
+    @property
+    def watermark(self) -> int:
+        """Every sample before this is done: no decode will read it again, and every
+        transcript that covers it has been handed out (Together's `processed_ms`)."""
+        if self._vad is not None:
+            mark = min(self._vad.segmenter.keep_from, self.total)
+        else:
+            mark = self._buf_start  # a commit will read everything since
+        for item in self._awaiting:
+            mark = min(mark, self._ranges.get(item, (mark, mark))[0])
+        for _, start in self._started:
+            mark = min(mark, start)
+        return max(mark, 0)
+
+    @property
+    def unprocessed_samples(self) -> int:
+        """Audio received but not yet done: what the client may have to wait for."""
+        return self.total - self.watermark
+
+    @property
+    def awaiting_samples(self) -> int:
+        """Audio of closed segments waiting for (or in) their final decode."""
+        return sum(end - start for start, end in
+                   (self._ranges.get(item, (0, 0)) for item in self._awaiting))
+
+    def progress(self) -> list[Event]:
+        """`input_audio_buffer.processed` if the watermark moved enough since the last
+        one. Call it after `receive()`/`decoded()`: it must follow the `completed`
+        events of what it covers, which those calls return."""
+        mark = self.watermark
+        moved = mark - self._processed_sent
+        step = 1 if self._processed_due else PROCESSED_STEP_SAMPLES
+        self._processed_due = False
+        if self._processed_announced and moved < step:
+            return []
+        # The first one (0 ms, with session.created) tells the client we send them.
+        self._processed_announced = True
+        self._processed_sent = mark
+        return [self._event("input_audio_buffer.processed", processed_ms=_floor_ms(mark))]
 
     def start(self) -> list[Event]:
         return [self._event("session.created", session=self._describe())]
@@ -202,6 +249,7 @@ class Session:
         return self._finish(job.item_id, transcript, error)
 
     def _finish(self, item: str, transcript: str | None, error: str | None) -> list[Output]:
+        self._processed_due = True
         if item in self._awaiting:
             self._awaiting.remove(item)
         start, end = self._ranges.pop(item, (0, 0))
@@ -247,9 +295,11 @@ class Session:
         return out
 
     def _commit(self) -> list[Output]:
+        self._processed_due = True
         if self._vad is not None:
             floor = self._vad.segmenter.floor
             out = self._on_vad(self._vad.segmenter.flush(self.total))
+            self._vad.reset()  # what follows a commit is a new stream
             if not any(isinstance(o, dict) and o["type"] == "input_audio_buffer.committed"
                        for o in out):
                 # Nothing but silence since the last segment: an empty item still
@@ -263,6 +313,7 @@ class Session:
         return out
 
     def _clear(self) -> list[Output]:
+        self._processed_due = True
         out = self._drop_spec()
         if self._vad is not None:
             self._vad.segmenter.drop(self.total)
