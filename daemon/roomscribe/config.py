@@ -83,7 +83,11 @@ class UplinkSettings:
     # $CREDENTIALS_DIRECTORY/together_api_key. Never logged.
     api_key_file: str = ""
     chunk_ms: int = 256
+    # Flow control: with a server that reports its progress (input_audio_buffer.
+    # processed), send at most this much audio ahead of it (30 s = 960 kB in flight).
+    window_s: float = 30.0
     connect_timeout_s: float = 10.0
+    # On stop: sending the rest, the last commit and its transcripts, all within this.
     final_timeout_s: float = 15.0
     ping_interval_s: float = 10.0
     ping_timeout_s: float = 20.0
@@ -265,6 +269,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "capture.queue_s": (0.1, 600),
     "capture.resync_drift_s": (0, 3600),
     "uplink.chunk_ms": (20, 5000),
+    "uplink.window_s": (1, 3600),
     "uplink.vad.threshold": (0.0, 1.0),
     "uplink.vad.min_silence_duration_ms": (0, 60000),
     "uplink.vad.min_speech_duration_ms": (0, 60000),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
+import os
 import socket
 import ssl
 
@@ -61,7 +62,21 @@ def classify(exc: BaseException) -> Verdict:
     if isinstance(exc, InvalidHandshake | ConnectionClosed | OSError | EOFError |
                   asyncio.TimeoutError | TimeoutError | ssl.SSLError | socket.gaierror):
         return Verdict.TRANSIENT
+    if _raised_inside(exc, "websockets"):
+        # The connection library tripped on a connection that was going away (a send
+        # racing a close, seen as AttributeError from transport.abort): a new
+        # connection fixes it.
+        return Verdict.TRANSIENT
     return Verdict.FATAL
+
+
+def _raised_inside(exc: BaseException, package: str) -> bool:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    return f"{os.sep}{package}{os.sep}" in tb.tb_frame.f_code.co_filename
 
 
 def should_retry(exc: BaseException, *, after_stop: bool) -> bool:

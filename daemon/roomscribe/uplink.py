@@ -57,15 +57,24 @@ class Uplink:
         self.last_error = ""
         self.reconnects = 0
         self._tries_since_stop = 0  # connection attempts after stop(): one, no more
+        self._deadline = float("inf")  # after stop(): give up the flush then
+        # The last commit after stop() was answered and every segment came back.
+        self.flushed = False
+        self._paces_logged: bool | None = None
 
     # -- called by the app ---------------------------------------------------
     def audio_arrived(self) -> None:
         self._audio.set()
 
     def stop(self) -> None:
-        """End of capture: flush, commit, wait (bounded) for the last transcript."""
+        """End of capture: send the rest, commit, and wait for the last transcript,
+        all within uplink.final_timeout_s from now."""
+        self._deadline = asyncio.get_running_loop().time() + self.settings.final_timeout_s
         self._stopping.set()
         self._audio.set()
+
+    def _past_deadline(self) -> bool:
+        return asyncio.get_running_loop().time() >= self._deadline
 
     # -- the loop ------------------------------------------------------------
     def _wait(self, state: RetryCallState) -> float:
@@ -97,7 +106,8 @@ class Uplink:
                         self.last_error, wait, self.core.ring.held_s)
 
     async def run(self) -> None:
-        while not self._stopping.is_set() or self.core.backlog_s > 0:
+        while not self._stopping.is_set() or (self.core.backlog_s > 0
+                                              and not self._past_deadline()):
             retrying = AsyncRetrying(
                 wait=self._wait,
                 retry=retry_if_exception(lambda e: not isinstance(e, _HealthyDrop) and
@@ -119,11 +129,11 @@ class Uplink:
                 self.reconnects += 1
                 continue
             except Exception as exc:
-                # Retrying gave up: only a failed last attempt after stop() is expected.
+                # Retrying gave up: only a failed last attempt after stop() is expected
+                # (the app then reports what was not transcribed).
                 if not self._tries_since_stop or classify(exc) is Verdict.FATAL:
                     raise
-                log.warning("uplink: stopping with %.1f s of audio not transcribed: %s",
-                            self.core.backlog_s, describe(exc))
+                log.info("uplink: the last attempt to flush failed: %s", describe(exc))
                 return
 
     async def _wanted(self) -> None:
@@ -184,7 +194,22 @@ class Uplink:
         async for message in ws:
             for out in self.core.receive(message, time.monotonic(), time.time()):
                 self._handle(out)
+            if self.core.window_full:
+                self._audio.set()  # the server may have made room: the writer looks
+            self._log_pacing()
         raise UplinkError("server closed the connection")
+
+    def _log_pacing(self) -> None:
+        paces = self.core.server_paces
+        if paces is None or paces is self._paces_logged:
+            return
+        self._paces_logged = paces
+        if paces:
+            log.debug("uplink: the server reports its progress; sending at most %.0f s "
+                      "ahead of it", self.core.window_samples / 16000)
+        else:
+            log.info("uplink: the server does not report its progress "
+                     "(input_audio_buffer.processed); sending without a window")
 
     def _handle(self, out: Any) -> None:
         if isinstance(out, Transcript):
@@ -219,14 +244,17 @@ class Uplink:
             await ws.send(protocol.session_update_event(s.vad))
         while True:
             now = time.monotonic()
+            if self._stopping.is_set() and self._past_deadline():
+                reader.cancel()  # out of time to send the rest: the caller counts it
+                return
             frame = self.core.next_append(now, flush=self._stopping.is_set())
             if frame is not None:
                 await ws.send(frame)
                 continue
-            if self.core.commit_due():
+            if self.core.commit_due(now):
                 await ws.send(self.core.commit())
                 continue
-            if self._stopping.is_set():
+            if self._stopping.is_set() and not self.core.window_full:
                 await self._finish(ws, reader)
                 return
             if not self.core.wants_connection():
@@ -251,12 +279,8 @@ class Uplink:
         still wait for.
         """
         await ws.send(self.core.commit())
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.final_timeout_s
         while (not self.core.commit_answered or self.core.segment_open) \
-                and loop.time() < deadline and not reader.done():
+                and not self._past_deadline() and not reader.done():
             await asyncio.sleep(0.05)
-        if self.core.segment_open or not self.core.commit_answered:
-            log.warning("uplink: stopped without the last transcript (waited %.0f s)",
-                        self.settings.final_timeout_s)
+        self.flushed = self.core.commit_answered and not self.core.segment_open
         reader.cancel()
