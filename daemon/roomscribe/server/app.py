@@ -174,6 +174,8 @@ class RealtimeServer:
                     await outq.put(events)
                 for job in outputs:  # in order: a Settle may precede the next final
                     if isinstance(job, DecodeJob):
+                        if bulk and not job.final:
+                            continue  # a delta of replayed speech is old news: save the CPU
                         self.scheduler.submit(job, deliver, bulk=bulk)
                     elif isinstance(job, Settle):
                         self.scheduler.settle(job)
