@@ -53,7 +53,7 @@ class Daemon:
         self.publisher = Publisher(settings, outbox, config.mqtt_password(settings))
         self.integrations = Integrations(settings, self.publisher, state)
         partial = self.publisher.partial if settings.mqtt.publish_partials else None
-        self.uplink = Uplink(up, self.core, config.api_key(settings),
+        self.uplink = Uplink(up, self.core, config.endpoint_keys(settings),
                              on_transcript=self.integrations.transcript,
                              on_partial=partial or (lambda _t: None),
                              on_status=self._uplink_status)
@@ -139,7 +139,7 @@ class Daemon:
             self.notifier.ready()
             log.info("roomscribe %s: capturing from %s, sending to %s",
                      self.settings.device.id, self.settings.capture.source,
-                     self.settings.uplink.url.split("?")[0])
+                     ", ".join(u.split("?")[0] for u in config.endpoints(self.settings)))
             await self._stop.wait()
             self.notifier.stopping()
             capture.cancel()

@@ -96,6 +96,14 @@ def headers(api_key: str) -> dict[str, str]:
     return result
 
 
+def is_session_created(frame: str | bytes) -> bool:
+    try:
+        event = json.loads(frame)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(event, dict) and event.get("type") == "session.created"
+
+
 def _event(kind: str, **fields: Any) -> str:
     return json.dumps({"event_id": f"evt_{uuid.uuid4().hex[:20]}", "type": kind, **fields})
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import websockets
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
@@ -21,7 +23,15 @@ from websockets.asyncio.client import ClientConnection
 from . import protocol
 from .config import UplinkSettings
 from .protocol import ClientCore, Partial, Ready, ServerError
-from .retry import SLOW_CODES, UplinkError, Verdict, classify, describe, should_retry
+from .retry import (
+    SLOW_CODES,
+    Endpoints,
+    UplinkError,
+    Verdict,
+    classify,
+    describe,
+    should_retry,
+)
 from .transcript import Transcript
 
 log = logging.getLogger("roomscribe.uplink")
@@ -31,8 +41,23 @@ log = logging.getLogger("roomscribe.uplink")
 MAX_EVENT_BYTES = 1 << 20
 
 
+# After the first endpoint is back, wait at most this long for the open segment's
+# transcript before moving to it (the ring replays whatever was not settled).
+SWITCH_BACK_GRACE_S = 10.0
+
+
 class _HealthyDrop(Exception):
     """A long, healthy session ended: reconnect at once with a fresh backoff."""
+
+
+class _QuietEnd(Exception):
+    """The server closed the connection normally with nothing owed (its idle timeout):
+    not an error; the next audio opens a new one."""
+
+
+def endpoint_model(url: str, model: str) -> str:
+    """The model an endpoint is asked for: its URL's own `model=`, else uplink.model."""
+    return parse_qs(urlsplit(url).query).get("model", [model])[-1]
 
 
 class Uplink:
@@ -40,14 +65,19 @@ class Uplink:
         self,
         settings: UplinkSettings,
         core: ClientCore,
-        api_key: str,
+        api_key: str | Sequence[str],
         on_transcript: Callable[[Transcript], None],
         on_partial: Callable[[str], None] = lambda _text: None,
         on_status: Callable[[bool, str], None] = lambda _up, _err: None,
     ) -> None:
         self.settings = settings
         self.core = core
-        self._api_key = api_key
+        self.urls = settings.urls or (settings.url,)
+        # One secret per endpoint (config.endpoint_keys); a str is everyone's.
+        self._keys = (tuple(api_key for _ in self.urls) if isinstance(api_key, str)
+                      else tuple(api_key))
+        self.endpoints = Endpoints(len(self.urls), settings.failover_after_s)
+        self._first_is_back = 0.0  # when a probe found the first endpoint healthy
         self._on_transcript = on_transcript
         self._on_partial = on_partial
         self._on_status = on_status
@@ -79,10 +109,21 @@ class Uplink:
     # -- the loop ------------------------------------------------------------
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
+        bound = None if exc is None else self.endpoints.failed(exc, time.monotonic())
+        if bound == 0.0:
+            return 0.0  # another endpoint: try it now
         if exc is not None and classify(exc) is Verdict.SLOW:
-            return self.settings.fatal_retry_s
-        backoff = wait_random_exponential(multiplier=0.5, max=self.settings.backoff_max_s)
-        return float(backoff(state))
+            wait = self.settings.fatal_retry_s
+        else:
+            backoff = wait_random_exponential(multiplier=0.5,
+                                              max=self.settings.backoff_max_s)
+            wait = float(backoff(state))
+        # Never sleep past the moment this endpoint's failover time is up.
+        return wait if bound is None else min(wait, bound)
+
+    @property
+    def endpoint(self) -> str:
+        return self.urls[self.endpoints.current].split("?")[0]
 
     async def _sleep(self, seconds: float) -> None:
         # A stop cuts the backoff short: one more attempt to flush before giving up.
@@ -98,7 +139,10 @@ class Uplink:
         wait = state.next_action.sleep if state.next_action else 0.0
         self.last_error = describe(exc)
         self._on_status(False, self.last_error)
-        if slow:
+        if wait == 0.0 and len(self.urls) > 1:
+            log.warning("uplink: %s; trying %s now (%.0f s of audio buffered)",
+                        self.last_error, self.endpoint, self.core.ring.held_s)
+        elif slow:
             log.error("uplink: %s; this will not fix itself (check the API key and model); "
                       "retrying in %.0f s", self.last_error, wait)
         else:
@@ -145,30 +189,41 @@ class Uplink:
                     await self._audio.wait()
             self.core.tick(time.monotonic())
 
+    async def _connect(self, index: int) -> ClientConnection:
+        s = dataclasses.replace(self.settings, url=self.urls[index])
+        async with asyncio.timeout(s.connect_timeout_s):
+            return await websockets.connect(
+                protocol.connect_url(s),
+                additional_headers=protocol.headers(self._keys[index]),
+                max_size=MAX_EVENT_BYTES,
+                ping_interval=s.ping_interval_s,
+                ping_timeout=s.ping_timeout_s,
+                open_timeout=s.connect_timeout_s,
+                close_timeout=2,
+            )
+
     async def _session(self) -> None:
         s = self.settings
         started = time.monotonic()
         if self._stopping.is_set():
             self._tries_since_stop += 1
+        index = self.endpoints.current
         try:
-            async with asyncio.timeout(s.connect_timeout_s):
-                ws = await websockets.connect(
-                    protocol.connect_url(s),
-                    additional_headers=protocol.headers(self._api_key),
-                    max_size=MAX_EVENT_BYTES,
-                    ping_interval=s.ping_interval_s,
-                    ping_timeout=s.ping_timeout_s,
-                    open_timeout=s.connect_timeout_s,
-                    close_timeout=2,
-                )
+            ws = await self._connect(index)
         except Exception:
             self.core.connection_lost()
             raise
+        self.core.model = endpoint_model(self.urls[index], s.model)
         self.core.connection_made(time.monotonic())
+        self._first_is_back = 0.0
         try:
             async with asyncio.TaskGroup() as tg:
                 reader = tg.create_task(self._read(ws), name="uplink-reader")
-                tg.create_task(self._write(ws, reader), name="uplink-writer")
+                probe = tg.create_task(self._probe_first(), name="uplink-failback-probe") \
+                    if index != 0 else None
+                tg.create_task(self._write(ws, reader, probe), name="uplink-writer")
+        except* _QuietEnd:
+            pass
         except* Exception as group:
             exc = group.exceptions[0]
             self._lost(exc)
@@ -197,7 +252,34 @@ class Uplink:
             if self.core.window_full:
                 self._audio.set()  # the server may have made room: the writer looks
             self._log_pacing()
+        if ws.close_code in (1000, 1001) and self.core.settled:
+            log.info("uplink: the server closed the connection (%s) with nothing owed",
+                     ws.close_reason or ws.close_code)
+            raise _QuietEnd()
         raise UplinkError("server closed the connection")
+
+    async def _probe_first(self) -> None:
+        """On a fallback endpoint: every failback_probe_s, see whether the first one
+        gives a session again; when it does, the writer moves back to it."""
+        while True:
+            await asyncio.sleep(self.settings.failback_probe_s)
+            try:
+                ws = await self._connect(0)
+                try:
+                    async with asyncio.timeout(self.settings.connect_timeout_s):
+                        created = protocol.is_session_created(await ws.recv())
+                finally:
+                    await ws.close()
+            except Exception as exc:
+                if classify(exc) is Verdict.FATAL:
+                    raise
+                log.debug("uplink: %s still unavailable: %s", self.urls[0].split("?")[0],
+                          describe(exc))
+                continue
+            if created:
+                self._first_is_back = time.monotonic()
+                self._audio.set()
+                return
 
     def _log_pacing(self) -> None:
         paces = self.core.server_paces
@@ -217,6 +299,7 @@ class Uplink:
         elif isinstance(out, Partial):
             self._on_partial(out.text)
         elif isinstance(out, Ready):
+            self.endpoints.session_up()
             self.connected = True
             self.last_error = ""
             self._on_status(True, "")
@@ -228,12 +311,27 @@ class Uplink:
                 log.warning("uplink: ignored a malformed server event: %s", out.message)
             elif out.code in SLOW_CODES:
                 raise UplinkError(f"server error {out.code}: {out.message}", Verdict.SLOW)
+            elif out.code == "no_healthy_workers":
+                raise UplinkError(f"server has no capacity ({out.code})", elsewhere=True)
             elif out.code == "session_expired":
                 raise UplinkError("server ended the session (session_expired)")
             else:
                 log.warning("uplink: server error %s: %s", out.code, out.message)
 
-    async def _write(self, ws: ClientConnection, reader: asyncio.Task[None]) -> None:
+    async def _write(self, ws: ClientConnection, reader: asyncio.Task[None],
+                     probe: asyncio.Task[None] | None) -> None:
+        try:
+            await self._write_until_done(ws, reader)
+        finally:
+            if probe is not None:
+                probe.cancel()
+
+    def _switch_back_due(self, now: float) -> bool:
+        back = self._first_is_back
+        return bool(back) and (not self.core.segment_open or now - back >= SWITCH_BACK_GRACE_S)
+
+    async def _write_until_done(self, ws: ClientConnection,
+                                reader: asyncio.Task[None]) -> None:
         s = self.settings
         # Wait for session.created: the server wants no audio before it.
         async with asyncio.timeout(s.connect_timeout_s):
@@ -260,6 +358,12 @@ class Uplink:
             if not self.core.wants_connection():
                 log.info("uplink: no speech for a while; closing the connection until "
                          "the next words")
+                reader.cancel()
+                return
+            if self._switch_back_due(now):
+                log.info("uplink: %s is back; moving to it", self.urls[0].split("?")[0])
+                self.endpoints.back_to_first()
+                self.core.connection_lost()  # what it did not settle is replayed there
                 reader.cancel()
                 return
             if self.core.stalled(now, s.answer_timeout_s):
