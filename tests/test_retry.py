@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from websockets.datastructures import Headers
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosedError, InvalidStatus
 from websockets.http11 import Response
 
 from roomscribe.retry import UplinkError, Verdict, classify, describe, should_retry
@@ -60,3 +60,49 @@ def test_a_fault_inside_the_connection_library_is_transient() -> None:
     assert isinstance(exc, AttributeError)
     assert classify(exc) is Verdict.TRANSIENT
     assert classify(AttributeError("ours")) is Verdict.FATAL  # our own bugs are not
+
+
+def closed(code: int) -> ConnectionClosedError:
+    from websockets.frames import Close
+
+    return ConnectionClosedError(Close(code, "x"), None)
+
+
+def test_endpoints_move_on_at_once_when_told_to_go_elsewhere_or_refused() -> None:
+    from roomscribe.retry import Endpoints
+
+    ends = Endpoints(2, failover_after_s=5.0)
+    assert ends.failed(closed(4503), now=0.0) == 0.0 and ends.current == 1
+    ends.session_up()
+    assert ends.failed(refused(401, "invalid_api_key"), now=1.0) == 0.0
+    assert ends.current == 0
+
+
+def test_endpoints_move_on_when_one_has_been_failing_for_failover_after_s() -> None:
+    from roomscribe.retry import Endpoints
+
+    ends = Endpoints(2, failover_after_s=5.0)
+    assert ends.failed(ConnectionRefusedError(), now=10.0) == 5.0  # sleep no longer
+    assert ends.failed(ConnectionRefusedError(), now=13.0) == 2.0
+    assert ends.current == 0
+    assert ends.failed(ConnectionRefusedError(), now=15.0) == 0.0
+    assert ends.current == 1
+
+
+def test_endpoints_stop_switching_after_a_round_without_a_session() -> None:
+    """Every endpoint refusing the key must not become a hot loop between them."""
+    from roomscribe.retry import Endpoints
+
+    ends = Endpoints(2, failover_after_s=5.0)
+    assert ends.failed(refused(401, "invalid_api_key"), now=0.0) == 0.0
+    assert ends.failed(refused(401, "invalid_api_key"), now=0.1) == 0.0
+    assert ends.failed(refused(401, "invalid_api_key"), now=0.2) is None  # classify decides
+    ends.session_up()
+    assert ends.failed(closed(4503), now=1.0) == 0.0
+
+
+def test_one_endpoint_is_never_switched() -> None:
+    from roomscribe.retry import Endpoints
+
+    ends = Endpoints(1, failover_after_s=5.0)
+    assert ends.failed(closed(4503), now=0.0) is None and ends.current == 0

@@ -84,7 +84,7 @@ class UplinkSettings:
     # failback_probe_s to come back to it. A `model=` in an endpoint's query overrides
     # `model` for that endpoint (e.g. "ws://pi4.local:8765/v1/realtime?model=tiny.en").
     urls: tuple[str, ...] = ()
-    failover_after_s: float = 5.0
+    failover_after_s: float = 3.0
     failback_probe_s: float = 60.0
     model: str = "openai/whisper-large-v3"
     # Key sources, first found wins: TOGETHER_API_KEY, api_key_file,
