@@ -348,3 +348,19 @@ def test_stopping_with_unsent_audio_counts_it_as_dropped() -> None:
     assert core.untranscribed_s == 100.0
     assert core.abandon() == 100.0
     assert core.ring.dropped_samples == 100 * 16000
+
+
+def test_a_turn_that_failed_is_settled_a_session_that_failed_is_not() -> None:
+    """Together's `failed`: with event_type one turn is lost and the session goes on;
+    without, the session is over and its audio must go to the next connection."""
+    core = core_with_audio(10.0)
+    created(core)
+    drain(core, flush=True)
+    fatal = core.receive(ev("conversation.item.input_audio_transcription.failed",
+                            error={"code": "internal", "message": "worker died"}), 1)
+    assert fatal == [ServerError("internal", "worker died", fatal=True)]
+    assert core.ring.start == 0  # nothing settled: it is replayed
+    turn = core.receive(ev("conversation.item.input_audio_transcription.failed",
+                           event_type="completed", item_id="i1",
+                           error={"code": "bad_audio", "message": "cannot decode"}), 2)
+    assert turn == [ServerError("bad_audio", "cannot decode")]

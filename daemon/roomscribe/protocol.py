@@ -64,6 +64,7 @@ class ServerError:
     code: str
     message: str
     malformed: bool = False
+    fatal: bool = False  # the session is over (Together's `failed` without event_type)
 
 
 Output = Ready | Partial | Transcript | ServerError
@@ -466,6 +467,10 @@ class ClientCore:
             return self._finish(event, wall, text)
         if kind == "conversation.item.input_audio_transcription.failed":
             code, message = _error_fields(event)
+            if "event_type" not in event and not event.get("item_id"):
+                # Together: no event_type = the session failed (a close follows); keep
+                # the audio for the next connection instead of settling it.
+                return [ServerError(code, message, fatal=True)]
             return [*self._finish(event, wall, None), ServerError(code, message)]
         if kind == "error":
             code, message = _error_fields(event)

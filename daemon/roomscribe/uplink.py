@@ -311,6 +311,8 @@ class Uplink:
                 log.warning("uplink: ignored a malformed server event: %s", out.message)
             elif out.code in SLOW_CODES:
                 raise UplinkError(f"server error {out.code}: {out.message}", Verdict.SLOW)
+            elif out.fatal:
+                raise UplinkError(f"server ended the session: {out.code}: {out.message}")
             elif out.code == "no_healthy_workers":
                 raise UplinkError(f"server has no capacity ({out.code})", elsewhere=True)
             elif out.code == "session_expired":
