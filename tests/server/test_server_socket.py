@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -200,6 +201,39 @@ def test_over_max_sessions_says_retry_elsewhere() -> None:
                 refused.recv(timeout=10)
         assert info.value.rcvd is not None and info.value.rcvd.code == 4503
         ws.send(json.dumps({"type": "input_audio_buffer.commit"}))  # the first still works
+        receive_until(ws, "input_audio_buffer.committed")
+
+
+def test_silent_sockets_are_closed_so_they_cannot_lock_rooms_out() -> None:
+    """Sockets that send no audio hold no session past idle_timeout_s: a room that
+    was refused while they held every session gets in afterwards."""
+    with server(ServerSettings(max_sessions=2, idle_timeout_s=2.0)) as p, \
+            connect(url(p), open_timeout=10) as a, connect(url(p), open_timeout=10) as b:
+        for ws in (a, b):
+            receive_until(ws, "session.created")
+        with connect(url(p), open_timeout=10) as refused:
+            assert json.loads(refused.recv(timeout=10))["error"]["code"] == \
+                "no_healthy_workers"
+        for ws in (a, b):  # each is closed by the server, normally, with a reason
+            with pytest.raises(ConnectionClosed) as info:
+                while True:
+                    ws.recv(timeout=30)
+            assert info.value.rcvd is not None and info.value.rcvd.code == 1000
+            assert info.value.rcvd.reason == "idle timeout"
+        with connect(url(p), open_timeout=10) as late:
+            receive_until(late, "session.created")
+            late.send(append(speech("jfk-44k1-stereo.wav")))
+            late.send(json.dumps({"type": "input_audio_buffer.commit"}))
+            receive_until(late, "conversation.item.input_audio_transcription.completed")
+
+
+def test_a_client_sending_audio_is_never_idle() -> None:
+    with server(ServerSettings(idle_timeout_s=1.0)) as p, connect(url(p)) as ws:
+        receive_until(ws, "session.created")
+        for _ in range(15):  # 3 s of audio, 200 ms at a time, at real time
+            ws.send(append(silence(0.2)))
+            time.sleep(0.2)
+        ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
         receive_until(ws, "input_audio_buffer.committed")
 
 
