@@ -187,3 +187,21 @@ def test_live_rooms_finals_go_ahead_of_a_replayed_backlog() -> None:
     assert order[0] == "busy"
     assert set(order[1:3]) == {"b1", "c1"}
     assert order[3:] == ["a1", "a2", "a3", "a4"]
+
+
+def test_a_replayed_final_waits_while_a_live_rooms_decode_runs() -> None:
+    model = HeldModel()
+
+    async def main() -> None:
+        async with dispatching(model) as (sched, deliver, delivered):
+            sched.submit(sized("live", "l1", 7001), deliver)
+            await until(lambda: model.started == [7001])
+            sched.submit(sized("replay", "r1", 8001), deliver, bulk=True)
+            await asyncio.sleep(0.2)
+            assert model.started == [7001]  # a worker is free, but the live room runs
+            model.release(7001)
+            await until(lambda: 8001 in model.started)
+            model.release(8001)
+            await until(lambda: delivered == ["l1", "r1"])
+
+    asyncio.run(main())

@@ -15,7 +15,8 @@ stopped reading its socket would stop answering pings and echoes too. Each conne
 bounds its own backlog instead (RealtimeServer.backlog_samples); past `queue_max`
 queued finals the server is `overloaded` and refuses new sessions.
 Live rooms first: a session replaying a backlog (sending faster than real time) has
-its jobs marked `bulk`, and any other session's due final goes ahead of them.
+its jobs marked `bulk`: any other session's due final goes ahead of them, and they do
+not start while a live room's decode runs.
 Partials are cheap to lose: each session has at most one queued, and a newer one
 replaces it.
 """
@@ -62,6 +63,7 @@ class Scheduler:
         self._count = 0
         # Sessions with a decode in progress -> whether it is a partial.
         self._running: dict[str, bool] = {}
+        self._bulk_running: set[str] = set()  # those of them replaying a backlog
         self._changed = asyncio.Event()  # something to reconsider: a job or a free worker
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="roomscribe-asr")
@@ -119,11 +121,17 @@ class Scheduler:
         partial; never a session already being decoded. Dicts keep insertion order, and
         a served session moves to the back."""
         idle = [sid for sid in self._finals if sid not in self._running]
-        if idle:
-            def rank(sid: str) -> tuple[bool, bool]:
-                head = self._finals[sid][0]
-                return not head.due, head.bulk
-            return min(idle, key=rank), True
+        # A replayed final also waits while a live room's decode runs, so that one
+        # has both cores (two decodes at once each run ~1.5x slower).
+        live_busy = any(sid not in self._bulk_running for sid in self._running)
+
+        def rank(sid: str) -> tuple[bool, bool]:
+            head = self._finals[sid][0]
+            return not head.due, head.bulk
+
+        for sid in sorted(idle, key=rank):
+            if not (self._finals[sid][0].bulk and live_busy):
+                return sid, True
         # Partials leave one worker free, so a final never waits behind partials of
         # other rooms: only one final, at most, can be ahead of it.
         if sum(self._running.values()) >= max(1, self.workers - 1):
@@ -155,6 +163,8 @@ class Scheduler:
                     await self._changed.wait()
                 queued = self._take()
                 self._running[queued.job.session_id] = not queued.job.final
+                if queued.bulk:
+                    self._bulk_running.add(queued.job.session_id)
                 group.create_task(self._decode(queued), name="asr-decode")
 
     async def _decode(self, queued: _Queued) -> None:
@@ -182,6 +192,7 @@ class Scheduler:
                 log.exception("delivering %s failed", job.item_id)
         finally:
             self._running.pop(job.session_id, None)
+            self._bulk_running.discard(job.session_id)
             self._changed.set()
 
     def close(self) -> None:
