@@ -45,8 +45,7 @@ class Daemon:
             keep_samples=self.gate.lookback_samples,
             idle_disconnect_s=settings.gate.idle_disconnect_s,
         )
-        state = config.state_dir(settings)
-        state.mkdir(parents=True, exist_ok=True)
+        state = config.prepare_state_dir(settings)
         outbox = Outbox(state / "outbox.sqlite3",
                         max_entries=settings.mqtt.outbox_max_entries)
         self.publisher = Publisher(settings, outbox, config.mqtt_password(settings))

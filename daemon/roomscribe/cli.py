@@ -19,10 +19,26 @@ def _settings(path: str | None) -> Settings:
     return config.load(path)
 
 
+def preflight(settings: Settings) -> None:
+    """Every mistake `run` would stop on before it starts, as one line each.
+
+    `check` runs exactly this, so it passes only what `run` accepts. Nothing is
+    created: `check` may run as another user than the service.
+    """
+    from .publish import check_tls
+
+    config.api_key(settings)
+    config.mqtt_password(settings)
+    problem = config.state_dir_problem(settings)
+    if problem:
+        raise ConfigError(problem)
+    check_tls(settings)
+
+
 def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
     from .app import serve_forever
 
-    config.api_key(settings)  # fail early, in one line, when a needed key is missing
+    preflight(settings)  # fail early, in one line, before anything is started
     asyncio.run(serve_forever(settings))
     return 0
 
@@ -37,8 +53,10 @@ def _masked(settings: Settings) -> dict[str, Any]:
 
 
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    preflight(settings)
+    masked = _masked(settings)
     print(f"{settings.source_path or '(built-in defaults)'}: OK")
-    print(json.dumps(_masked(settings), indent=2))
+    print(json.dumps(masked, indent=2))
     if args.connect:
         from .doctor import check_connect
 

@@ -374,15 +374,27 @@ def _validate(settings: Settings, where: str) -> None:
         )
     if cap.source == "file" and not cap.file:
         raise ConfigError(f"{where}: capture.file must be set when capture.source = 'file'")
-    url = urlsplit(settings.uplink.url)
-    if url.scheme not in ("ws", "wss") or not url.hostname:
-        raise ConfigError(f"{where}: uplink.url must be a ws:// or wss:// URL")
+    _validate_url(settings.uplink.url, where)
     if any(c in settings.mqtt.topic_prefix for c in "#+") or not settings.mqtt.topic_prefix:
         raise ConfigError(f"{where}: mqtt.topic_prefix must be non-empty, without + or #")
     ha_prefix = settings.mqtt.ha_discovery_prefix
     if any(c in ha_prefix for c in "#+") or not ha_prefix.strip("/"):
         raise ConfigError(f"{where}: mqtt.ha_discovery_prefix must be non-empty, without + or #")
     _validate_triggers(settings.triggers, where)
+
+
+def _validate_url(value: str, where: str) -> None:
+    # urlsplit raises on a broken IPv6 literal and .port on a port out of range: both
+    # are the user's typo, not a crash.
+    try:
+        url = urlsplit(value)
+        port = url.port
+    except ValueError as exc:
+        raise ConfigError(f"{where}: uplink.url {value!r} is not a valid URL: {exc}") from None
+    if url.scheme not in ("ws", "wss") or not url.hostname:
+        raise ConfigError(f"{where}: uplink.url must be a ws:// or wss:// URL")
+    if port == 0:
+        raise ConfigError(f"{where}: uplink.url port must be 1-65535, not 0")
 
 
 def _validate_triggers(rules: tuple[TriggerRule, ...], where: str) -> None:
@@ -479,6 +491,58 @@ def state_dir(settings: Settings) -> Path:
         return Path(systemd_dir)
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "roomscribe"
+
+
+# Pending transcripts and the mute state are private: outside systemd's StateDirectory
+# nothing else would keep other local users out.
+STATE_DIR_MODE = 0o700
+STATE_FILE_MODE = 0o600
+
+
+def _state_dir_label(settings: Settings, path: Path) -> str:
+    where = settings.source_path or "<defaults>"
+    setting = "state.dir" if settings.state.dir else "state.dir (default)"
+    return f"{where}: {setting} {str(path)!r}"
+
+
+def state_dir_problem(settings: Settings) -> str | None:
+    """Why the state directory cannot be used or created, without touching it.
+
+    `check` runs this (often as another user than the service: it must not create
+    anything); `run` creates the directory and reports the same mistakes.
+    """
+    path = state_dir(settings)
+    label = _state_dir_label(settings, path)
+    if os.path.lexists(path):
+        if not path.exists():
+            return f"{label} is a broken symbolic link"
+        if not path.is_dir():
+            return f"{label} exists and is not a directory"
+        if not os.access(path, os.W_OK | os.X_OK):
+            return f"{label} is not writable"
+        return None
+    ancestor = path.parent
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"{label} cannot be created: {ancestor} is not a directory"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"{label} cannot be created: no permission to write in {ancestor}"
+    return None
+
+
+def prepare_state_dir(settings: Settings) -> Path:
+    """The state directory, created 0700 if missing; a ConfigError if it is unusable."""
+    problem = state_dir_problem(settings)
+    if problem:
+        raise ConfigError(problem)
+    path = state_dir(settings)
+    try:
+        path.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{_state_dir_label(settings, path)} cannot be created: "
+                          f"{exc.strerror or exc}") from None
+    return path
 
 
 def mask(secret: str) -> str:

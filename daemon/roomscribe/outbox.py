@@ -18,6 +18,8 @@ short (one fsync per add/ack).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import time
 import uuid
@@ -54,12 +56,27 @@ class OutboxEntry:
     payload: bytes
 
 
+def _make_private(path: Path) -> None:
+    """Create the database file 0600 (or narrow an older 0644 one) before sqlite opens it.
+
+    sqlite gives its -wal and -shm files the main file's mode, so they follow; ones left
+    by an older version are narrowed too. Pending transcripts are what was said in the
+    room: no other local user may read them.
+    """
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            if p.stat().st_mode & 0o077:
+                p.chmod(0o600)
+
+
 class Outbox:
     def __init__(self, path: str | Path, *, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
         self.path = Path(path)
         self.max_entries = max_entries
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _make_private(self.path)
             # isolation_level=None: we issue BEGIN IMMEDIATE/COMMIT ourselves.
             self._db = sqlite3.connect(self.path, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:

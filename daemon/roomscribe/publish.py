@@ -43,6 +43,22 @@ class PublishError(Exception):
     """An MQTT setting that cannot work (e.g. unreadable TLS files): one line."""
 
 
+def check_tls(settings: Settings) -> None:
+    """A PublishError for TLS files the client could not load, before connecting."""
+    m = settings.mqtt
+    if not m.tls:
+        return
+    try:
+        context = ssl.create_default_context(cafile=m.ca_file or None)
+        if m.cert_file:
+            context.load_cert_chain(m.cert_file, m.key_file or None)
+    except (OSError, ssl.SSLError) as exc:
+        where = settings.source_path or "<defaults>"
+        raise PublishError(
+            f"{where}: mqtt TLS (ca_file={m.ca_file!r}, cert_file={m.cert_file!r}, "
+            f"key_file={m.key_file!r}): {getattr(exc, 'strerror', None) or exc}") from None
+
+
 class Publisher:
     def __init__(self, settings: Settings, outbox: Outbox, password: str = "") -> None:
         self._settings = settings
