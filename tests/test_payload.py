@@ -13,11 +13,16 @@ from roomscribe import payload
 
 
 def test_schemas_are_valid_draft_2020_12() -> None:
-    files = sorted(SCHEMAS.glob("*.v1.json"))
+    files = sorted(SCHEMAS.glob("*.v[0-9].json"))
     assert [f.name for f in files] == ["availability.v1.json", "partial.v1.json",
-                                       "state.v1.json", "transcript.v1.json"]
+                                       "state.v1.json", "transcript.v1.json",
+                                       "transcript.v2.json"]
     for f in files:
         jsonschema.Draft202012Validator.check_schema(json.loads(f.read_text()))
+        # Each file describes exactly the schema number its name says.
+        version = int(f.name.split(".v")[1].split(".")[0])
+        if "schema" in json.loads(f.read_text()).get("properties", {}):
+            assert json.loads(f.read_text())["properties"]["schema"] == {"const": version}
 
 
 def test_topics() -> None:
@@ -40,11 +45,11 @@ def test_transcript_payload_matches_schema_and_transcript() -> None:
                                       published=1714566900.25)
     obj = validate("transcript", body)
     assert obj == {
-        "schema": 1, "id": entry_id, "seq": 7, "device": DEVICE, "room": ROOM,
+        "schema": 2, "id": entry_id, "seq": 7, "device": DEVICE, "room": ROOM,
         "text": "hello kitchen", "start": "2024-05-01T12:34:54.000Z",
         "end": "2024-05-01T12:34:56.500Z", "published": "2024-05-01T12:35:00.250Z",
         "received": "2024-05-01T12:34:57.300Z", "model": t.model, "session": "sess_1",
-        "item": t.item_id, "replayed": False,
+        "item": t.item_id, "replayed": False, "truncated": False,
     }
     restamped = validate("transcript", payload.restamp(body, 1714570000.0))
     assert restamped["published"] == "2024-05-01T13:26:40.000Z"
@@ -102,3 +107,33 @@ def test_state_reporter_rejects_unknown_fields() -> None:
     r = payload.StateReporter(interval_s=60.0, started=0.0)
     with pytest.raises(TypeError, match="bogus"):
         r.update(bogus=1)
+
+
+def test_a_huge_transcript_is_cut_and_marked() -> None:
+    t = transcript("word " * 200_000)  # 1,000,000 characters, as a broken server sent
+    cut = payload.capped(t, 4096)
+    assert cut.truncated and cut.text == t.text[:4096]
+    body = payload.transcript_payload(cut, entry_id=str(uuid.uuid4()), seq=1, device=DEVICE,
+                                      room=ROOM, published=0.0)
+    obj = validate("transcript", body)
+    assert obj["truncated"] is True and len(obj["text"]) == 4096
+    assert len(body) < 4096 * 4 + 1024
+    short = transcript("lights on")
+    assert payload.capped(short, 4096) is short and not short.truncated
+
+
+def test_throttle_sends_at_most_one_per_interval_and_keeps_the_newest() -> None:
+    th: payload.Throttle[str] = payload.Throttle(0.25)
+    assert th.offer("a", 10.0) == "a"
+    assert th.wake_at() is None
+    assert th.offer("ab", 10.1) is None  # held
+    assert th.offer("abc", 10.2) is None  # replaces "ab"
+    assert th.wake_at() == 10.25
+    assert th.due(10.24) is None
+    assert th.due(10.25) == "abc"
+    assert th.due(10.6) is None  # nothing held
+    assert th.offer("x", 10.4) is None
+    th.drop()  # the final transcript came first
+    assert th.due(11.0) is None and th.wake_at() is None
+    sent = [item for i in range(69_000) if (item := th.offer(str(i), 20.0 + i * 20 / 69_000))]
+    assert len(sent) <= 20 / 0.25 + 1

@@ -122,6 +122,12 @@ class MqttSettings:
     # dropped from the outbox instead of sent (also on 3.1.1).
     max_age_s: int = 0
     publish_partials: bool = False
+    # Partials go out at most this often; the newest waiting one is sent when the gap
+    # is over and dropped if the final transcript comes first.
+    partial_interval_ms: int = 250
+    # A transcript's (and a partial's) text is cut to this many characters, marked
+    # `truncated`: a faulty server must not put megabytes on the broker.
+    transcript_max_chars: int = 4096
     # Triggers and Hermes skip transcripts whose speech is older than this (a command
     # said during an outage must not switch a light on minutes later).
     trigger_max_age_s: float = 30.0
@@ -269,6 +275,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "mqtt.max_age_s": (0, 2**32 - 1),
     "mqtt.trigger_max_age_s": (0, 86400),
     "mqtt.state_interval_s": (1, 86400),
+    "mqtt.partial_interval_ms": (50, 60000),
+    "mqtt.transcript_max_chars": (255, 1_000_000),
     "mqtt.outbox_max_entries": (10, 1_000_000),
     "mqtt.inflight_max": (1, 1000),
     "mqtt.reconnect_min_s": (1, 3600),

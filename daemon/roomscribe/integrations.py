@@ -8,7 +8,7 @@ import logging
 import time
 from pathlib import Path
 
-from . import discovery, hermes, mute, triggers
+from . import discovery, hermes, mute, payload, triggers
 from .config import Settings
 from .message import Message
 from .publish import Publisher
@@ -54,6 +54,8 @@ class Integrations:
 
     def transcript(self, t: Transcript) -> None:
         """Publish a transcript and whatever it sets off."""
+        # Triggers and Hermes see the same (cut) text as the transcript subscribers.
+        t = payload.capped(t, self.settings.mqtt.transcript_max_chars)
         entry_id = self.publisher.submit(t)
         if entry_id is None:
             return

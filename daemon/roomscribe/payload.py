@@ -1,4 +1,4 @@
-"""MQTT topics and JSON payloads, no I/O.
+"""MQTT topics and JSON payloads, and the bounds on what reaches the broker; no I/O.
 
 Everything a subscriber sees is built here, so docs/mqtt.md and the JSON Schemas in
 docs/schemas/ describe exactly this module. Any change to a payload's fields bumps its
@@ -12,11 +12,14 @@ import json
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from .transcript import Transcript
 
-SCHEMA_VERSION = 1
+# Per payload: docs/schemas/<kind>.v<N>.json. transcript 2 added `truncated`.
+TRANSCRIPT_SCHEMA = 2
+PARTIAL_SCHEMA = 1
+STATE_SCHEMA = 1
 ONLINE = b"online"
 OFFLINE = b"offline"
 
@@ -55,7 +58,7 @@ def _encode(obj: dict[str, Any]) -> bytes:
 def transcript_payload(t: Transcript, *, entry_id: str, seq: int, device: str, room: str,
                        published: float) -> bytes:
     return _encode({
-        "schema": SCHEMA_VERSION,
+        "schema": TRANSCRIPT_SCHEMA,
         "id": entry_id,
         "seq": seq,
         "device": device,
@@ -69,7 +72,19 @@ def transcript_payload(t: Transcript, *, entry_id: str, seq: int, device: str, r
         "session": t.session_id,
         "item": t.item_id,
         "replayed": t.replayed,
+        "truncated": t.truncated,
     })
+
+
+def capped(t: Transcript, max_chars: int) -> Transcript:
+    """The transcript with its text cut to max_chars and marked, if it is longer.
+
+    A sane segment is a few hundred characters; a server gone wrong can send a
+    megabyte, which would become one MQTT message, one sqlite row and one HA state.
+    """
+    if len(t.text) <= max_chars:
+        return t
+    return dataclasses.replace(t, text=t.text[:max_chars], truncated=True)
 
 
 def restamp(payload: bytes, published: float) -> bytes:
@@ -84,8 +99,47 @@ def restamp(payload: bytes, published: float) -> bytes:
 
 
 def partial_payload(text: str, *, device: str, room: str, published: float) -> bytes:
-    return _encode({"schema": SCHEMA_VERSION, "device": device, "room": room, "text": text,
+    return _encode({"schema": PARTIAL_SCHEMA, "device": device, "room": room, "text": text,
                     "published": iso(published)})
+
+
+T = TypeVar("T")
+
+
+class Throttle(Generic[T]):
+    """At most one item per interval_s, the newest wins.
+
+    For partials: a server may send thousands of deltas a second, and each would be
+    an MQTT message. Holding only the newest keeps this bounded at one item, and
+    sending it when the gap is over means the last hypothesis is not lost.
+    """
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._last_at = -math.inf
+        self._held: T | None = None
+
+    def offer(self, item: T, now: float) -> T | None:
+        """The item to send now, or None: it is held (replacing any held one)."""
+        if now - self._last_at >= self.interval_s:
+            self._held, self._last_at = None, now
+            return item
+        self._held = item
+        return None
+
+    def due(self, now: float) -> T | None:
+        """The held item once its gap is over, else None."""
+        if self._held is None or now - self._last_at < self.interval_s:
+            return None
+        item, self._held, self._last_at = self._held, None, now
+        return item
+
+    def wake_at(self) -> float | None:
+        """When due() will return the held item; None when nothing is held."""
+        return None if self._held is None else self._last_at + self.interval_s
+
+    def drop(self) -> None:
+        self._held = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +165,7 @@ class StatePayload:
         fields = dataclasses.asdict(self)
         for name in ("buffered_s", "dropped_s", "uptime_s"):
             fields[name] = round(fields[name], 1)
-        return _encode({"schema": SCHEMA_VERSION, "device": device, "room": room,
+        return _encode({"schema": STATE_SCHEMA, "device": device, "room": room,
                         "time": iso(now), **fields})
 
 

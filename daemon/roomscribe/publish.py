@@ -78,6 +78,8 @@ class Publisher:
         self._last_sent_seq = 0
         self._waiters: dict[int, asyncio.Future[None]] = {}
         self._state = payload.StateReporter(m.state_interval_s, time.monotonic())
+        self._partials: payload.Throttle[str] = payload.Throttle(m.partial_interval_ms / 1000)
+        self._partial_timer: asyncio.TimerHandle | None = None
         self._published = 0
         self._expired = 0
         self._last_logged = ""
@@ -298,6 +300,9 @@ class Publisher:
 
         Returns the transcript's id (the dedupe key), or None if it could not be stored.
         """
+        t = payload.capped(t, self._m.transcript_max_chars)
+        # The final supersedes any partial still waiting for its turn.
+        self._partials.drop()
         try:
             entry = self._outbox.add(t, device=self._settings.device.id,
                                      room=self._settings.device.room)
@@ -311,8 +316,33 @@ class Publisher:
         return entry.id
 
     def partial(self, text: str) -> None:
+        """Publish an interim hypothesis: cut like a transcript, at most one per
+        mqtt.partial_interval_ms (the newest waiting one goes out when the gap is over)."""
         if not (self._m.publish_partials and self._connected):
             return
+        text = text[:self._m.transcript_max_chars]
+        out = self._partials.offer(text, time.monotonic())
+        if out is not None:
+            self._send_partial(out)
+        else:
+            self._schedule_partial()
+
+    def _schedule_partial(self) -> None:
+        wake = self._partials.wake_at()
+        if wake is None or self._partial_timer is not None or self._loop is None:
+            return
+        self._partial_timer = self._loop.call_later(max(0.0, wake - time.monotonic()),
+                                                    self._flush_partial)
+
+    def _flush_partial(self) -> None:
+        self._partial_timer = None
+        out = self._partials.due(time.monotonic())
+        if out is None:
+            self._schedule_partial()  # woken a hair early: try again at wake_at
+        elif self._connected:
+            self._send_partial(out)
+
+    def _send_partial(self, text: str) -> None:
         body = payload.partial_payload(text, device=self._settings.device.id,
                                        room=self._settings.device.room, published=time.time())
         self._client.publish(self.topics.partial, body, qos=payload.PARTIAL_QOS, retain=False,
