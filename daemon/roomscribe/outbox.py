@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS entries (
     payload BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta VALUES ('next_seq', 1), ('dropped', 0);
+INSERT OR IGNORE INTO meta VALUES ('next_seq', 1), ('dropped', 0), ('published', 0);
 """
 
 
@@ -106,6 +106,11 @@ class Outbox:
         """Entries dropped, over the database's lifetime, because the outbox was full."""
         return self._meta("dropped")
 
+    @property
+    def published(self) -> int:
+        """Entries the broker acknowledged, over the database's lifetime."""
+        return self._meta("published")
+
     def __len__(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM entries").fetchone()[0])
 
@@ -145,10 +150,24 @@ class Outbox:
             raise self._fail("read", exc) from None
         return [OutboxEntry(r[0], r[1], r[2], bytes(r[3])) for r in rows]
 
-    def ack(self, entry_id: str) -> None:
-        """Delete an entry the broker has acknowledged (or that expired)."""
+    def ack(self, entry_id: str, *, delivered: bool = False) -> None:
+        """Delete an entry the broker has acknowledged (delivered) or that expired.
+
+        The count of delivered entries changes in the same transaction as the delete,
+        so a crash can neither count a transcript twice nor lose one from the total.
+        """
         try:
-            self._db.execute("DELETE FROM entries WHERE id = ?", (entry_id,))
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                deleted = self._db.execute("DELETE FROM entries WHERE id = ?",
+                                           (entry_id,)).rowcount
+                if delivered and deleted:
+                    self._db.execute("UPDATE meta SET value = value + ? "
+                                     "WHERE key = 'published'", (deleted,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
         except sqlite3.Error as exc:
             raise self._fail("delete from", exc) from None
 

@@ -14,12 +14,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
+from .health import Status
 from .transcript import Transcript
 
-# Per payload: docs/schemas/<kind>.v<N>.json. transcript 2 added `truncated`.
+# Per payload: docs/schemas/<kind>.v<N>.json. transcript 2 added `truncated`; state 2
+# added `status` and `transcription_available`, made `last_error` null when there is
+# none and `transcripts_published` a total kept across restarts.
 TRANSCRIPT_SCHEMA = 2
 PARTIAL_SCHEMA = 1
-STATE_SCHEMA = 1
+STATE_SCHEMA = 2
 ONLINE = b"online"
 OFFLINE = b"offline"
 
@@ -146,18 +149,24 @@ class Throttle(Generic[T]):
 class StatePayload:
     """The retained health document on <prefix>/<device>/state."""
 
+    # health.py: streaming / idle / muted / reconnecting / failing; available unless failing.
+    status: Status = "idle"
+    transcription_available: bool = True
+    # The socket to the service is open (false while idle or muted, by design).
     uplink_connected: bool = False
     # Audio held for replay and audio lost to a full buffer, in seconds.
     buffered_s: float = 0.0
     dropped_s: float = 0.0
     overruns: int = 0
+    # Acknowledged by the broker over the outbox database's lifetime (across restarts).
     transcripts_published: int = 0
     # Transcripts waiting in the outbox, dropped from a full outbox, and dropped as
     # older than mqtt.max_age_s.
     outbox_pending: int = 0
     outbox_dropped: int = 0
     expired: int = 0
-    last_error: str = ""
+    # None (JSON null) while nothing is wrong.
+    last_error: str | None = None
     uptime_s: float = 0.0
     muted: bool = False
 
@@ -173,13 +182,23 @@ STATE_FIELDS = frozenset(f.name for f in dataclasses.fields(StatePayload))
 
 
 def _steady(state: StatePayload) -> StatePayload:
-    # buffered_s and uptime_s move continuously: a change in them alone waits for the
-    # periodic publish, or every outage would publish the state ten times a second.
+    # uptime_s moves continuously and waits for the periodic publish; buffered_s is
+    # compared by _buffer_moved.
     return dataclasses.replace(state, buffered_s=0.0, uptime_s=0.0)
 
 
 # Bursts of changes (e.g. a transcript per second) are merged into one publish.
 MIN_GAP_S = 1.0
+# A change of buffered_s is worth a publish when it is at least this many seconds and
+# this fraction of the last published value: an outage publishes at 1, 2, 3, 4, 5, 6.25,
+# 7.8 ... s (about 25 messages up to 600 s) and a drain to 0 at once, while the
+# sub-second wobble of normal streaming publishes nothing.
+BUFFER_STEP_S = 1.0
+BUFFER_STEP_RATIO = 0.25
+
+
+def _buffer_moved(last: float, now: float) -> bool:
+    return abs(now - last) >= max(BUFFER_STEP_S, BUFFER_STEP_RATIO * last)
 
 
 class StateReporter:
@@ -201,7 +220,8 @@ class StateReporter:
     def _changed(self) -> bool:
         if self._last is None:
             return True
-        return _steady(self.current) != _steady(self._last)
+        return (_steady(self.current) != _steady(self._last)
+                or _buffer_moved(self._last.buffered_s, self.current.buffered_s))
 
     def due(self, now: float) -> StatePayload | None:
         """The state to publish now, or None; the caller publishes it (or calls again)."""

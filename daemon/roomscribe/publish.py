@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import ssl
 import time
 from collections.abc import Callable, Iterable
@@ -80,7 +81,6 @@ class Publisher:
         self._state = payload.StateReporter(m.state_interval_s, time.monotonic())
         self._partials: payload.Throttle[str] = payload.Throttle(m.partial_interval_ms / 1000)
         self._partial_timer: asyncio.TimerHandle | None = None
-        self._published = 0
         self._expired = 0
         self._last_logged = ""
         self.last_error = ""
@@ -198,10 +198,8 @@ class Publisher:
             # Re-sending would be refused forever (e.g. an ACL): drop it, loudly.
             self._error(f"mqtt: broker refused transcript seq {entry.seq} on "
                         f"{self.topics.transcript}: {rc}")
-        else:
-            self._published += 1
         try:
-            self._outbox.ack(entry.id)
+            self._outbox.ack(entry.id, delivered=not rc.is_failure)
         except OutboxError as exc:
             self._error(str(exc))
         self._wake.set()
@@ -257,11 +255,13 @@ class Publisher:
     def _publish_state(self) -> None:
         if not self._connected:
             return
+        published = self._state.current.transcripts_published
         try:
             pending, dropped = len(self._outbox), self._outbox.dropped
-        except OutboxError:  # the state must not stop the sender
+            published = self._outbox.published
+        except (OutboxError, sqlite3.Error):  # the state must not stop the sender
             pending, dropped = -1, -1
-        self._state.update(transcripts_published=self._published, expired=self._expired,
+        self._state.update(transcripts_published=published, expired=self._expired,
                            outbox_pending=pending, outbox_dropped=dropped)
         state = self._state.due(time.monotonic())
         if state is not None:
