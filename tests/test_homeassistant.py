@@ -602,9 +602,12 @@ def test_forget_removes_the_device_and_its_retained_messages(broker: Broker, tmp
     cfg = write_config(tmp_path, broker.port, server)
     publish(broker.port, "homeassistant/sensor/other_device/temp/config", b'{"name": "t"}',
             retain=True)
+    # What an earlier version left: its connectivity sensor, cleared on connect.
+    old_uplink = "homeassistant/binary_sensor/roomscribe_test/uplink/config"
+    publish(broker.port, old_uplink, b'{"name": "Uplink"}', retain=True)
     daemon = start(tmp_path, cfg)
     try:
-        wait(lambda: sum(t.endswith("/config") for t in retained(broker.port)) >= 11, 30,
+        wait(lambda: sum(t.endswith("/config") for t in retained(broker.port)) == 12, 30,
              f"discovery retained:\n{daemon.output()[-2000:]}")
         assert daemon.stop() == 0, daemon.output()[-2000:]
     finally:
@@ -613,7 +616,8 @@ def test_forget_removes_the_device_and_its_retained_messages(broker: Broker, tmp
     ours = [t for t in before if "roomscribe_test" in t or t.startswith("roomscribe/test/")]
     assert {"roomscribe/test/availability", "roomscribe/test/state",
             "roomscribe/test/mute"} <= set(ours)
-    assert len(ours) == 13
+    assert old_uplink not in before
+    assert len(ours) == 14  # 11 entity configs, availability, state, mute
 
     run = forget(cfg)
     assert run.returncode == 0, run.stdout + run.stderr
