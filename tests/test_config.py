@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+import wave
 from pathlib import Path
 
 import pytest
@@ -218,3 +219,37 @@ def test_server_accepts_127_1_as_loopback(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "server.host = '10.1' is not loopback" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_capture_file_mistakes_fail_check_exactly_as_run(tmp_path: Path) -> None:
+    mono = tmp_path / "mono.wav"
+    with wave.open(str(mono), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(b"\0\0" * 1600)
+    not_wav = tmp_path / "notes.txt"
+    not_wav.write_text("not audio\n")
+    cases = [(tmp_path / "gone.wav", "", "no such file"),
+             (not_wav, "", "not a readable PCM WAV file"),
+             (mono, "channels = 2\nchannel = 1\n", "has 1 channel(s), capture.channel = 1")]
+    for wav, extra, what in cases:
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(f'[capture]\nsource = "file"\nfile = "{wav}"\n{extra}'
+                       f'[state]\ndir = "{tmp_path / "state"}"\n[mqtt]\nport = 1\n')
+        checked = assert_one_line_exit_2(run_cli("check", "--config", str(cfg)),
+                                         str(cfg), "capture.file", str(wav), what)
+        assert assert_one_line_exit_2(run_cli("run", "--config", str(cfg))) == checked
+
+
+def test_user_errors_inside_the_task_group_are_one_line() -> None:
+    """A capture error raised while running (the file went away after the checks)
+    arrives wrapped in the TaskGroup's ExceptionGroup: still a user mistake."""
+    from roomscribe.capture import CaptureError
+    from roomscribe.cli import _user_error
+
+    mistake = CaptureError("capture.file x.wav: no such file")
+    assert _user_error(ExceptionGroup("tg", [mistake])) is mistake
+    assert _user_error(ExceptionGroup("tg", [ExceptionGroup("inner", [mistake])])) is mistake
+    # A bug next to it keeps its traceback.
+    assert _user_error(ExceptionGroup("tg", [mistake, ValueError("bug")])) is None

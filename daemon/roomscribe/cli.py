@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
+import wave
 from typing import Any
 
 from . import __version__, config, logs
@@ -33,6 +34,20 @@ def preflight(settings: Settings) -> None:
     if problem:
         raise ConfigError(problem)
     check_tls(settings)
+    cap = settings.capture
+    if cap.source == "file":
+        where = f"{settings.source_path or '<defaults>'}: capture.file {cap.file!r}"
+        try:
+            with wave.open(cap.file, "rb") as wav:
+                nch, width = wav.getnchannels(), wav.getsampwidth()
+        except FileNotFoundError:
+            raise ConfigError(f"{where}: no such file") from None
+        except (OSError, EOFError, wave.Error) as exc:
+            raise ConfigError(f"{where}: not a readable PCM WAV file ({exc})") from None
+        if width not in (1, 2, 3, 4):
+            raise ConfigError(f"{where}: {8 * width}-bit samples are not supported")
+        if cap.channel >= nch:
+            raise ConfigError(f"{where}: has {nch} channel(s), capture.channel = {cap.channel}")
 
 
 def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
@@ -148,6 +163,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+USER_ERRORS = (ConfigError, OutboxError, PublishError, CaptureError)
+
+
+def _user_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The first error of a TaskGroup's failure when every one in it is a user mistake
+    (e.g. a capture file that went away between `check` and `run`); else None."""
+    rest = group.subgroup(lambda e: not isinstance(e, (BaseExceptionGroup, *USER_ERRORS)))
+    if rest is not None:
+        return None
+    for exc in group.exceptions:
+        found = _user_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
+        if found is not None:
+            return found
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -155,8 +186,14 @@ def main(argv: list[str] | None = None) -> int:
         logs.setup(settings.log.level)
         result: int = args.func(settings, args)
         return result
-    except (ConfigError, OutboxError, PublishError, CaptureError) as exc:
+    except USER_ERRORS as exc:
         print(f"roomscribe: {exc}", file=sys.stderr)
+        return 2
+    except ExceptionGroup as group:
+        user = _user_error(group)
+        if user is None:
+            raise
+        print(f"roomscribe: {user}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 0
