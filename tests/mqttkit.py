@@ -16,6 +16,7 @@ import jsonschema
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from roomscribe import payload
 from roomscribe.config import DeviceSettings, Settings, StateSettings
 from roomscribe.transcript import Transcript
 
@@ -24,8 +25,15 @@ DEVICE = "dev1"
 ROOM = "kitchen"
 
 
+# The schema each payload is published with now (docs/schemas/<kind>.v<N>.json).
+CURRENT_SCHEMA = {"transcript": payload.TRANSCRIPT_SCHEMA, "state": payload.STATE_SCHEMA,
+                  "partial": payload.PARTIAL_SCHEMA, "availability": 1}
+
+
 def validate(kind: str, body: bytes) -> Any:
-    schema = json.loads((SCHEMAS / f"{kind}.v1.json").read_text())
+    """The payload, checked against the schema file of the version it is sent with."""
+    version = CURRENT_SCHEMA[kind]
+    schema = json.loads((SCHEMAS / f"{kind}.v{version}.json").read_text())
     obj = body.decode() if kind == "availability" else json.loads(body)
     jsonschema.validate(obj, schema, format_checker=jsonschema.FormatChecker())
     return obj

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+import wave
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,167 @@ def test_key_from_file_and_credentials_directory(tmp_path: Path, monkeypatch:
     keyfile.write_text("from-file\n")
     with_file = config.parse(f'[uplink]\napi_key_file = "{keyfile}"\n', "c")
     assert config.api_key(with_file) == "from-file"
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("ws://[::1", "c.toml: uplink.url 'ws://[::1' is not a valid URL: Invalid IPv6 URL"),
+    ("ws://127.0.0.1:99999/v1/realtime", "c.toml: uplink.url 'ws://127.0.0.1:99999/v1/"
+     "realtime' is not a valid URL: Port out of range 0-65535"),
+    ("ws://host:http/v1", "c.toml: uplink.url 'ws://host:http/v1' is not a valid URL"),
+    ("ws://host:0/v1", "c.toml: uplink.url port must be 1-65535, not 0"),
+])
+def test_broken_uplink_url_is_one_line(url: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        config.parse(f'[uplink]\nurl = "{url}"\n', "c.toml")
+    assert str(err.value).startswith(message)
+    assert "\n" not in str(err.value)
+
+
+def assert_one_line_exit_2(result: subprocess.CompletedProcess[str], *parts: str) -> str:
+    assert result.returncode == 2, result.stdout + result.stderr
+    line = result.stderr.strip()
+    assert "\n" not in line and "Traceback" not in line, line
+    assert line.startswith("roomscribe: ")
+    for part in parts:
+        assert part in line, line
+    assert "OK" not in result.stdout
+    return line
+
+
+def test_broken_ipv6_url_from_the_command_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[uplink]\nurl = "ws://[::1"\n')
+    for cmd in ("check", "run"):
+        assert_one_line_exit_2(run_cli(cmd, "--config", str(cfg)), str(cfg), "uplink.url")
+
+
+@pytest.mark.parametrize(("layout", "what"), [
+    ("file", "exists and is not a directory"),
+    ("under-file", "cannot be created: "),
+    ("broken-link", "is a broken symbolic link"),
+])
+def test_unusable_state_dir_fails_check_exactly_as_run(tmp_path: Path, layout: str,
+                                                       what: str) -> None:
+    """`check` finds what `run` would stop on, with the same one line, and creates nothing."""
+    blocker = tmp_path / "blocker"
+    if layout == "broken-link":
+        blocker.symlink_to(tmp_path / "gone")
+        state = blocker
+    else:
+        blocker.write_text("not a directory\n")
+        state = blocker if layout == "file" else blocker / "roomscribe"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[state]\ndir = "{state}"\n[mqtt]\nport = 1\n')
+    checked = assert_one_line_exit_2(run_cli("check", "--config", str(cfg)),
+                                     str(cfg), "state.dir", str(state), what)
+    ran = assert_one_line_exit_2(run_cli("run", "--config", str(cfg)))
+    assert ran == checked
+    assert not (tmp_path / "gone").exists()
+
+
+def test_check_reports_an_unreadable_key_file_instead_of_ok(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    missing = tmp_path / "no-such-key"
+    cfg.write_text(f'[uplink]\napi_key_file = "{missing}"\n[state]\ndir = "{tmp_path}"\n')
+    for cmd in ("check", "run"):
+        assert_one_line_exit_2(run_cli(cmd, "--config", str(cfg)),
+                               str(cfg), str(missing), "No such file")
+
+
+def test_check_reports_unloadable_tls_files(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[mqtt]\ntls = true\nca_file = "{tmp_path / "ca.pem"}"\n'
+                   f'[state]\ndir = "{tmp_path}"\n')
+    for cmd in ("check", "run"):
+        assert_one_line_exit_2(run_cli(cmd, "--config", str(cfg)), str(cfg), "ca_file")
+
+
+def test_state_files_are_private_outside_systemd(tmp_path: Path) -> None:
+    """What `ls -l` shows after a run without systemd: a 0700 directory, 0600 files,
+    also when an older version left a 0644 outbox behind."""
+    from conftest import start_broker
+    from stack import make_room
+
+    broker = start_broker(tmp_path)
+    try:
+        room = make_room(tmp_path / "room.wav", clips=[], gap_s=0.5)
+        fresh = tmp_path / "fresh" / "state"
+        old = tmp_path / "old"
+        old.mkdir(mode=0o755)
+        (old / "outbox.sqlite3").touch(mode=0o644)
+        (old / "outbox.sqlite3").chmod(0o644)
+        for state in (fresh, old):
+            cfg = tmp_path / "c.toml"
+            cfg.write_text(f'[capture]\nsource = "file"\nfile = "{room.path}"\n'
+                           f'file_realtime = false\n'
+                           f'[uplink]\nurl = "ws://127.0.0.1:1/v1/realtime"\n'
+                           f'final_timeout_s = 1\n[mqtt]\nport = {broker.port}\n'
+                           f'[state]\ndir = "{state}"\n')
+            env = {"STATE_DIRECTORY": "", "CREDENTIALS_DIRECTORY": ""}
+            result = run_cli("run", "--config", str(cfg), env=env)
+            assert result.returncode == 0, result.stderr
+            if state == fresh:
+                assert fresh.stat().st_mode & 0o777 == 0o700
+            files = [p for p in state.iterdir() if p.name.startswith("outbox.sqlite3")]
+            assert files
+            for p in files:
+                assert p.stat().st_mode & 0o777 == 0o600, p
+    finally:
+        broker.stop()
+
+
+def test_server_accepts_127_1_as_loopback(tmp_path: Path) -> None:
+    """`host = "127.1"` binds 127.0.0.1: an open server there is loopback-only."""
+    from conftest import free_port, wait_port
+    from stack import SERVER, Proc
+
+    port = free_port()
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(f'[server]\nhost = "127.1"\nport = {port}\n')
+    proc = Proc([*SERVER, "--config", str(cfg)], tmp_path / "server.log")
+    proc.start()
+    try:
+        wait_port(port, timeout_s=300)
+    finally:
+        assert proc.stop() == 0, proc.output()
+    refused = tmp_path / "r.toml"
+    refused.write_text(f'[server]\nhost = "10.1"\nport = {port}\n')
+    result = subprocess.run([*SERVER, "--config", str(refused)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert "server.host = '10.1' is not loopback" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_capture_file_mistakes_fail_check_exactly_as_run(tmp_path: Path) -> None:
+    mono = tmp_path / "mono.wav"
+    with wave.open(str(mono), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(b"\0\0" * 1600)
+    not_wav = tmp_path / "notes.txt"
+    not_wav.write_text("not audio\n")
+    cases = [(tmp_path / "gone.wav", "", "no such file"),
+             (not_wav, "", "not a readable PCM WAV file"),
+             (mono, "channels = 2\nchannel = 1\n", "has 1 channel(s), capture.channel = 1")]
+    for wav, extra, what in cases:
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(f'[capture]\nsource = "file"\nfile = "{wav}"\n{extra}'
+                       f'[state]\ndir = "{tmp_path / "state"}"\n[mqtt]\nport = 1\n')
+        checked = assert_one_line_exit_2(run_cli("check", "--config", str(cfg)),
+                                         str(cfg), "capture.file", str(wav), what)
+        assert assert_one_line_exit_2(run_cli("run", "--config", str(cfg))) == checked
+
+
+def test_user_errors_inside_the_task_group_are_one_line() -> None:
+    """A capture error raised while running (the file went away after the checks)
+    arrives wrapped in the TaskGroup's ExceptionGroup: still a user mistake."""
+    from roomscribe.capture import CaptureError
+    from roomscribe.cli import _user_error
+
+    mistake = CaptureError("capture.file x.wav: no such file")
+    assert _user_error(ExceptionGroup("tg", [mistake])) is mistake
+    assert _user_error(ExceptionGroup("tg", [ExceptionGroup("inner", [mistake])])) is mistake
+    # A bug next to it keeps its traceback.
+    assert _user_error(ExceptionGroup("tg", [mistake, ValueError("bug")])) is None

@@ -107,9 +107,14 @@ def render(pairs: list[tuple[str, str]]) -> list[str]:
 
 # --- tests --------------------------------------------------------------------------------
 
+def configs(s: Settings, hardware: str = "") -> list[Message]:
+    """The entity configs discovery sends, without the clearing of retired entities."""
+    return [m for m in discovery.discovery_messages(s, hardware) if m.payload != ""]
+
+
 def test_every_payload_validates_against_its_schema() -> None:
-    messages = discovery.discovery_messages(make_settings())
-    assert len(messages) == 10
+    messages = configs(make_settings(), hardware="Raspberry Pi 4 Model B Rev 1.4")
+    assert len(messages) == 11
     for m in messages:
         component = m.topic.split("/")[1]
         schema_validator(component.replace("_", "-")).validate(m.payload)
@@ -124,12 +129,12 @@ def test_schemas_are_valid_draft_2020_12() -> None:
 def test_home_assistant_rules() -> None:
     s = make_settings()
     t = payload.topics(s.mqtt.topic_prefix, s.device.id)
-    messages = discovery.discovery_messages(s)
-    configs = [m.payload for m in messages]
-    assert all(isinstance(c, dict) for c in configs)
-    unique_ids = [c["unique_id"] for c in configs if isinstance(c, dict)]
+    messages = configs(s)
+    payloads = [m.payload for m in messages]
+    assert all(isinstance(c, dict) for c in payloads)
+    unique_ids = [c["unique_id"] for c in payloads if isinstance(c, dict)]
     assert len(set(unique_ids)) == len(unique_ids)
-    devices = {json.dumps(c["device"], sort_keys=True) for c in configs if isinstance(c, dict)}
+    devices = {json.dumps(c["device"], sort_keys=True) for c in payloads if isinstance(c, dict)}
     assert len(devices) == 1, "every entity must carry the same device block"
     for m in messages:
         assert isinstance(m.payload, dict)
@@ -154,7 +159,7 @@ def test_home_assistant_rules() -> None:
 def test_event_reads_the_transcript_topic_and_entities_use_the_right_topics() -> None:
     s = make_settings(topic_prefix="home/mics")
     t = payload.topics("home/mics", s.device.id)
-    by_key = {m.topic.split("/")[3]: m.payload for m in discovery.discovery_messages(s)}
+    by_key = {m.topic.split("/")[3]: m.payload for m in configs(s)}
     event, text = by_key["transcript"], by_key["last_transcript"]
     assert isinstance(event, dict) and isinstance(text, dict)
     assert event["event_types"] == ["transcript"]
@@ -165,17 +170,23 @@ def test_event_reads_the_transcript_topic_and_entities_use_the_right_topics() ->
     assert (switch["state_topic"], switch["command_topic"]) == mute_topics("home/mics",
                                                                          s.device.id)
     assert (switch["payload_on"], switch["payload_off"]) == ("ON", "OFF")
-    for key in ("uplink", "last_error", "buffered", "dropped", "overruns", "published",
+    for key in ("status", "last_error", "buffered", "dropped", "overruns", "published",
                 "uptime"):
         entity = by_key[key]
         assert isinstance(entity, dict)
         assert entity["state_topic"] == t.state
         assert entity["entity_category"] == "diagnostic"
+    # The alerting entity is a primary one: a problem sensor, on only while failing.
+    problem = by_key["transcription"]
+    assert isinstance(problem, dict) and problem["state_topic"] == t.state
+    assert problem["device_class"] == "problem" and "entity_category" not in problem
+    status = by_key["status"]
+    assert isinstance(status, dict) and status["device_class"] == "enum"
+    assert status["options"] == ["streaming", "idle", "muted", "reconnecting", "failing"]
 
 
 def test_state_sensors_units_and_classes() -> None:
-    by_key = {m.topic.split("/")[3]: m.payload
-              for m in discovery.discovery_messages(make_settings())}
+    by_key = {m.topic.split("/")[3]: m.payload for m in configs(make_settings())}
     expected = {"buffered": ("s", "duration"), "dropped": ("s", "duration"),
                 "uptime": ("s", "duration"), "overruns": (None, None),
                 "published": (None, None)}
@@ -196,19 +207,23 @@ def test_state_sensors_units_and_classes() -> None:
 
 def test_templates_render_like_home_assistant() -> None:
     long_json, short_json = transcript_json(LONG_TEXT), transcript_json("Lights on.")
-    state = payload.StatePayload(uplink_connected=True, buffered_s=12.34, overruns=2,
-                                 last_error="x" * 300, uptime_s=99.0)
+    state = payload.StatePayload(status="failing", transcription_available=False,
+                                 buffered_s=12.34, overruns=2, last_error="x" * 300,
+                                 uptime_s=99.0)
     state_json = state.encode(device="kitchen-Pi", room="Kitchen", now=1714566900.0).decode()
-    down_json = payload.StatePayload().encode(device="d", room="", now=0.0).decode()
+    idle_json = payload.StatePayload().encode(device="d", room="", now=0.0).decode()
     assert len(LONG_TEXT) > 300
-    event, text, attrs, short, up, down, error, buffered = render([
+    (event, text, attrs, short, failing, idle, error, no_error, status,
+     buffered) = render([
         (discovery.EVENT_TEMPLATE, long_json),
         (discovery.TEXT_TEMPLATE, long_json),
         (discovery.TEXT_ATTRIBUTES_TEMPLATE, long_json),
         (discovery.TEXT_TEMPLATE, short_json),
-        (discovery.CONNECTED_TEMPLATE, state_json),
-        (discovery.CONNECTED_TEMPLATE, down_json),
+        (discovery.PROBLEM_TEMPLATE, state_json),
+        (discovery.PROBLEM_TEMPLATE, idle_json),
         (discovery.ERROR_TEMPLATE, state_json),
+        (discovery.ERROR_TEMPLATE, idle_json),
+        (discovery.STATUS_TEMPLATE, state_json),
         ("{{ value_json.buffered_s }}", state_json),
     ])
     # HA's event entity: a JSON object with event_type; the rest become attributes.
@@ -218,8 +233,10 @@ def test_templates_render_like_home_assistant() -> None:
     assert text == LONG_TEXT[:255] and len(text) == 255
     assert json.loads(attrs)["text"] == LONG_TEXT
     assert short == "Lights on."
-    assert (up, down) == ("ON", "OFF")
+    assert (failing, idle) == ("ON", "OFF")  # problem sensor: ON is a problem
     assert error == "x" * 255
+    assert no_error == "none"  # not a blank state
+    assert status == "failing"
     assert float(buffered) == 12.3
 
 
@@ -227,7 +244,7 @@ def test_template_structure() -> None:
     # Checked without jinja2 too: the 255 cut is a slice (truncate() would add "..." and
     # allow 5 more characters), and JSON is built by to_json, never by string pasting.
     assert discovery.TEXT_TEMPLATE == "{{ value_json.text[:255] }}"
-    assert discovery.ERROR_TEMPLATE == "{{ value_json.last_error[:255] }}"
+    assert discovery.ERROR_TEMPLATE.startswith("{{ value_json.last_error[:255] if ")
     for template in (discovery.EVENT_TEMPLATE, discovery.TEXT_ATTRIBUTES_TEMPLATE):
         assert template.startswith("{{ {") and template.endswith("} | to_json }}")
     assert '"event_type": "transcript"' in discovery.EVENT_TEMPLATE
@@ -238,20 +255,31 @@ def test_template_structure() -> None:
 
 def test_removal_clears_the_same_topics() -> None:
     s = make_settings()
-    configs = discovery.discovery_messages(s)
+    sent = discovery.discovery_messages(s)
     removals = discovery.removal_messages(s)
-    assert [m.topic for m in removals] == [m.topic for m in configs]
+    assert [m.topic for m in removals] == [m.topic for m in sent]
     assert all(m.payload == "" and m.encode() == b"" and m.retain and m.qos == 1
                for m in removals)
     # Switching discovery off stops sending configs but `forget` still removes them.
     off = make_settings(ha_discovery=False)
     assert discovery.discovery_messages(off) == []
-    assert [m.topic for m in discovery.removal_messages(off)] == [m.topic for m in configs]
+    assert [m.topic for m in discovery.removal_messages(off)] == [m.topic for m in sent]
+
+
+def test_retired_uplink_entity_is_cleared_and_hardware_is_shown() -> None:
+    """Earlier versions announced binary_sensor …/uplink: every (re)connect clears it."""
+    s = make_settings()
+    retired = "homeassistant/binary_sensor/roomscribe_kitchen-Pi/uplink/config"
+    cleared = [m for m in discovery.discovery_messages(s) if m.topic == retired]
+    assert [(m.payload, m.retain, m.qos) for m in cleared] == [("", True, 1)]
+    device = configs(s, "Raspberry Pi 4 Model B Rev 1.4")[0].payload["device"]
+    assert isinstance(device, dict) and device["hw_version"] == "Raspberry Pi 4 Model B Rev 1.4"
+    assert "hw_version" not in configs(s)[0].payload["device"]  # type: ignore[index]
 
 
 def test_discovery_prefix_and_room_less_device() -> None:
     s = make_settings(device_id="attic", room="", ha_discovery_prefix="ha/")
-    messages = discovery.discovery_messages(s)
+    messages = configs(s)
     assert all(m.topic.startswith("ha/") and "//" not in m.topic for m in messages)
     assert "ha/sensor/roomscribe_attic/last_transcript/config" in {m.topic for m in messages}
     device = messages[0].payload["device"] if isinstance(messages[0].payload, dict) else {}
@@ -297,8 +325,7 @@ def test_configs_are_retained_and_removal_clears_them_on_a_real_broker(broker: B
 
     try:
         send(discovery.discovery_messages(s))
-        assert retained_configs() == {m.topic: m.payload
-                                      for m in discovery.discovery_messages(s)}
+        assert retained_configs() == {m.topic: m.payload for m in configs(s)}
         send(discovery.removal_messages(s))
         assert retained_configs() == {}
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import json
 import signal
 import threading
@@ -23,7 +24,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from conftest import Broker, assert_heard, free_port, normal_words, wait_port
 from faultproxy import FaultProxy
-from mqttkit import Subscriber, wait
+from mqttkit import Subscriber, validate, wait
 from stack import (
     CLIPS,
     SERVER,
@@ -377,3 +378,100 @@ def test_wrong_api_key_is_reported_not_retried_hot(tmp_path: Path, broker: Broke
     assert "invalid_api_key" in retained["last_error"]
     for text in (out, server.output(), *(m.payload.decode() for m in sub.messages)):
         assert key not in text
+
+
+# ------------------------------------------------------------------ f. a server that floods
+
+
+class FloodServer:
+    """A realtime server gone wrong (the fault is the point, so it is a fake): on the
+    first audio it sends FLOOD_DELTAS deltas as fast as it can, then one completed
+    transcript of HUGE_CHARS characters; it answers commits so the daemon can stop."""
+
+    FLOOD_DELTAS = 20_000
+    HUGE_CHARS = 1_000_000
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.flooded = False
+        self._loop = asyncio.new_event_loop()
+        self._stop: asyncio.Future[None] | None = None
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("flood server did not start")
+
+    def _run(self, ready: threading.Event) -> None:
+        async def main() -> None:
+            self._stop = asyncio.get_running_loop().create_future()
+            async with serve(self._handler, "127.0.0.1", self.port, max_size=None):
+                ready.set()
+                await self._stop
+
+        self._loop.run_until_complete(main())
+
+    async def _handler(self, conn: ServerConnection) -> None:
+        await conn.send(json.dumps({"type": "session.created", "session": {"id": "sess_flood"}}))
+        async for message in conn:
+            kind = json.loads(message).get("type", "")
+            if kind == "input_audio_buffer.append" and not self.flooded:
+                self.flooded = True
+                for i in range(self.FLOOD_DELTAS):
+                    await conn.send(json.dumps({
+                        "type": "conversation.item.input_audio_transcription.delta",
+                        "item_id": "item_flood", "delta": f"word{i} "}))
+                await conn.send(json.dumps({
+                    "type": "conversation.item.input_audio_transcription.completed",
+                    "item_id": "item_flood", "transcript": "lights on " +
+                    "y" * (self.HUGE_CHARS - 10)}))
+            elif kind == "input_audio_buffer.commit":
+                await conn.send(json.dumps({"type": "input_audio_buffer.committed",
+                                            "item_id": "item_end"}))
+
+    def close(self) -> None:
+        if self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set_result, None)
+        self._thread.join(10)
+
+
+def test_huge_transcript_is_cut_and_a_delta_flood_is_rate_limited(tmp_path: Path,
+                                                                  broker: Broker) -> None:
+    flood = FloodServer()
+    room = make_room(tmp_path / "room.wav", CLIPS[:1], gap_s=1.0, tail_s=2)
+    sub = Subscriber(broker.port)
+    config = daemon_config(tmp_path, server_port=flood.port, broker_port=broker.port,
+                           wav=room.path, extra="""
+[[triggers]]
+name = "lights"
+words = "lights on"
+topic = "roomscribe/test/lights"
+""")
+    config.write_text(config.read_text().replace(
+        "[mqtt]\n", "[mqtt]\npublish_partials = true\npartial_interval_ms = 250\n", 1))
+    daemon = start_daemon(tmp_path, config)
+    try:
+        wait(lambda: bool(sub.on("transcript")), timeout_s=120,
+             what=f"the transcript:\n{daemon.output()[-3000:]}")
+        wait(lambda: bool(sub.on("lights")), timeout_s=10, what="the trigger")
+        daemon.signal(signal.SIGTERM)
+        finish(daemon, timeout_s=90)
+    finally:
+        daemon.stop()
+        flood.close()
+        sub.close()
+    assert flood.flooded
+    [message] = sub.on("transcript")
+    t = sub.transcripts()[0]
+    assert t["truncated"] is True
+    assert len(t["text"]) == 4096 and t["text"].startswith("lights on yyy")
+    assert len(message.payload) < 4096 * 4 + 1024
+    assert len(sub.on("lights")) == 1
+    # Rate-limited: far fewer partials than deltas, each at least the interval after
+    # the one before (the `published` stamps are the daemon's own clock).
+    partials = [validate("partial", m.payload) for m in sub.on("partial")]
+    assert 1 <= len(partials) < FloodServer.FLOOD_DELTAS / 10
+    stamps = [iso(p["published"]) for p in partials]
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    assert all(gap >= 0.25 - 0.002 for gap in gaps), gaps
+    assert all(len(p["text"]) <= 4096 for p in partials)

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import numpy as np
@@ -150,7 +151,8 @@ def retained(port: int) -> dict[str, bytes]:
 
 
 def configs(sub: Subscriber) -> list[mqtt.MQTTMessage]:
-    return [m for m in sub.messages
+    """Entity configs, without the clearing of entities earlier versions announced."""
+    return [m for m in sub.messages if m.payload
             if m.topic.startswith("homeassistant/") and m.topic.endswith("/config")]
 
 
@@ -171,6 +173,10 @@ def wait_or_pass(cond: Callable[[], bool], timeout_s: float) -> None:
         time.sleep(0.02)
 
 
+def states(sub: Subscriber) -> list[dict[str, Any]]:
+    return [validate("state", m.payload) for m in sub.on("state")]
+
+
 def heard(sub: Subscriber) -> str:
     return " ".join(w for t in sub.texts() for w in normal_words(t))
 
@@ -189,12 +195,14 @@ def test_discovery_is_retained_valid_and_resent_when_home_assistant_restarts(
     sub = Subscriber(broker.port, topic="#")
     daemon = start(tmp_path, write_config(tmp_path, broker.port, server, device=device))
     try:
-        wait(lambda: len(configs(sub)) >= 10, 30,
+        wait(lambda: len(configs(sub)) >= 11, 30,
              f"discovery configs; daemon said:\n{daemon.output()[-2000:]}")
         held = {t: json.loads(b) for t, b in retained(broker.port).items()
                 if t.startswith("homeassistant/")}
         assert held == {m.topic: json.loads(m.payload) for m in configs(sub)}
-        assert len(held) == 10
+        assert len(held) == 11
+        # The connectivity sensor of earlier versions is cleared, not left behind.
+        assert not any(t.endswith("/uplink/config") for t in held)
         devices, unique_ids = [], set()
         for topic, cfg in held.items():
             _, component, node, obj, _ = topic.split("/")
@@ -205,7 +213,7 @@ def test_discovery_is_retained_valid_and_resent_when_home_assistant_restarts(
             assert cfg["availability_topic"] == f"roomscribe/{device}/availability"
             unique_ids.add(cfg["unique_id"])
             devices.append(cfg["device"])
-        assert len(unique_ids) == 10
+        assert len(unique_ids) == 11
         assert all(d == devices[0] for d in devices)
         assert devices[0]["identifiers"] == [f"roomscribe_{device}"]
         assert devices[0]["suggested_area"] == "Test room"
@@ -216,7 +224,7 @@ def test_discovery_is_retained_valid_and_resent_when_home_assistant_restarts(
         before = len(configs(sub))
         publish(broker.port, "homeassistant/status", b"offline")
         publish(broker.port, "homeassistant/status", b"online")
-        wait(lambda: len(configs(sub)) >= before + 10, 20, "discovery sent again")
+        wait(lambda: len(configs(sub)) >= before + 11, 20, "discovery sent again")
         again = configs(sub)[before:]
         assert {m.topic: json.loads(m.payload) for m in again} == held
         assert daemon.stop() == 0, daemon.output()[-2000:]
@@ -224,7 +232,7 @@ def test_discovery_is_retained_valid_and_resent_when_home_assistant_restarts(
         daemon.stop()
         sub.close()
     # One set on connect and one for "online"; Home Assistant's "offline" sends none.
-    assert len(configs(sub)) == 20
+    assert len(configs(sub)) == 22
     assert "Traceback" not in daemon.output()
 
 
@@ -254,6 +262,9 @@ def test_privacy_mute_keeps_audio_on_the_device_and_survives_a_restart(
         command(port, mute_set, b"ON", lambda: mute_says(b"ON", n), "mute")
         assert retained(port)["roomscribe/test/mute"] == b"ON"
         wait(lambda: state_says_muted(True), 10, "state muted: true")
+        # Muted is a choice, not an outage: Home Assistant's problem sensor stays OK.
+        wait(lambda: any(s["status"] == "muted" and s["transcription_available"]
+                         for s in states(sub)), 10, "status muted")
 
         daemon.play(JFK)  # said while muted: must never come back as text
         n = len(sub.on("mute"))
@@ -273,6 +284,8 @@ def test_privacy_mute_keeps_audio_on_the_device_and_survives_a_restart(
         wait(lambda: len(sub.on("mute")) > n_mute and len(sub.on("state")) > n_state, 30,
              f"the restarted daemon's mute and state:\n{restarted.output()[-2000:]}")
         assert [m.payload for m in sub.on("mute")[n_mute:]] == [b"ON"]
+        started = [line for line in restarted.output().splitlines() if "privacy mute" in line]
+        assert started and started[0].startswith("WARNING") and "is ON" in started[0], started
         assert state_says_muted(True, n_state) and not state_says_muted(False, n_state)
         assert retained(port)["roomscribe/test/mute"] == b"ON"
 
@@ -330,6 +343,64 @@ def test_availability_online_retained_will_on_sigkill_offline_on_clean_stop(
         sub.close()
     assert retained(broker.port)[topic] == b"offline"
     assert "Traceback" not in daemon.output() + second.output()
+
+
+# --- 3b. status: what a user means by "is it working" -------------------------------------
+
+@pytest.mark.server
+def test_status_is_idle_streaming_muted_and_failing_only_in_a_real_outage(
+        broker: Broker, tmp_path: Path) -> None:
+    """The socket is closed most of the day (idle, muted) and that is fine; audio that
+    cannot reach the service for 30 s is not, and only that makes transcription
+    unavailable (Home Assistant's Transcription problem sensor)."""
+    port = free_port()  # nothing listens here until the outage ends
+    sub = Subscriber(broker.port)
+    cfg = write_config(tmp_path, broker.port, port, extra="[gate]\nidle_disconnect_s = 1\n")
+    daemon = start(tmp_path, cfg)
+    server: Proc | None = None
+
+    def seen(after: int, **fields: Any) -> Callable[[], bool]:
+        return lambda: any(all(st[k] == v for k, v in fields.items())
+                           for st in states(sub)[after:])
+
+    try:
+        wait(seen(0, status="idle"), 30, f"idle; daemon said:\n{daemon.output()[-2000:]}")
+        first = states(sub)[-1]
+        assert first["transcription_available"] is True and first["last_error"] is None
+        assert first["uplink_connected"] is False
+
+        n = len(states(sub))
+        daemon.play(JFK)  # speech, and no server to take it
+        wait(seen(n, status="failing"), 120,
+             f"failing after 30 s of outage:\n{daemon.output()[-3000:]}")
+        outage = [st for st in states(sub)[n:] if st["status"] != "idle"]
+        assert outage[0]["status"] == "reconnecting", outage[0]
+        assert outage[0]["transcription_available"] is True
+        failing = next(st for st in outage if st["status"] == "failing")
+        assert failing["transcription_available"] is False
+        assert failing["last_error"] and failing["buffered_s"] > 5
+
+        n = len(states(sub))
+        server, _ = start_server(tmp_path, port=port)  # the outage ends
+        wait(lambda: "americans" in heard(sub), 120,
+             f"the replayed speech:\n{daemon.output()[-3000:]}")
+        wait(seen(n, status="idle", last_error=None, transcription_available=True), 60,
+             "idle again once the backlog is sent")
+        assert any(st["status"] == "streaming" and st["uplink_connected"]
+                   for st in states(sub)[n:])
+
+        n = len(states(sub))
+        command(broker.port, "roomscribe/test/mute/set", b"ON", seen(n, status="muted"),
+                "mute")
+        muted = next(st for st in states(sub)[n:] if st["status"] == "muted")
+        assert muted["transcription_available"] is True and muted["muted"] is True
+        assert daemon.stop() == 0, daemon.output()[-2000:]
+    finally:
+        daemon.stop()
+        if server:
+            server.stop()
+        sub.close()
+    assert "Traceback" not in daemon.output()
 
 
 # --- 4 + 5. phrase trigger and Hermes ----------------------------------------------------
@@ -531,9 +602,12 @@ def test_forget_removes_the_device_and_its_retained_messages(broker: Broker, tmp
     cfg = write_config(tmp_path, broker.port, server)
     publish(broker.port, "homeassistant/sensor/other_device/temp/config", b'{"name": "t"}',
             retain=True)
+    # What an earlier version left: its connectivity sensor, cleared on connect.
+    old_uplink = "homeassistant/binary_sensor/roomscribe_test/uplink/config"
+    publish(broker.port, old_uplink, b'{"name": "Uplink"}', retain=True)
     daemon = start(tmp_path, cfg)
     try:
-        wait(lambda: sum(t.endswith("/config") for t in retained(broker.port)) >= 11, 30,
+        wait(lambda: sum(t.endswith("/config") for t in retained(broker.port)) == 12, 30,
              f"discovery retained:\n{daemon.output()[-2000:]}")
         assert daemon.stop() == 0, daemon.output()[-2000:]
     finally:
@@ -542,7 +616,8 @@ def test_forget_removes_the_device_and_its_retained_messages(broker: Broker, tmp
     ours = [t for t in before if "roomscribe_test" in t or t.startswith("roomscribe/test/")]
     assert {"roomscribe/test/availability", "roomscribe/test/state",
             "roomscribe/test/mute"} <= set(ours)
-    assert len(ours) == 13
+    assert old_uplink not in before
+    assert len(ours) == 14  # 11 entity configs, availability, state, mute
 
     run = forget(cfg)
     assert run.returncode == 0, run.stdout + run.stderr

@@ -92,3 +92,18 @@ def test_unopenable_path_is_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(OutboxError) as info:
         Outbox(path)
     assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_published_total_survives_a_restart_and_counts_each_entry_once(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    box = Outbox(path)
+    first, second, expired = (box.add(transcript(t), device="d") for t in ("a", "b", "c"))
+    box.ack(first.id, delivered=True)
+    box.ack(first.id, delivered=True)  # a duplicate PUBACK: counted once
+    box.ack(expired.id)  # dropped as too old: not published
+    box.close()
+    box = Outbox(path)
+    assert box.published == 1
+    box.ack(second.id, delivered=True)
+    assert box.published == 2 and len(box) == 0
+    box.close()

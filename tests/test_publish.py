@@ -91,6 +91,29 @@ def test_transcripts_arrive_once_in_order(broker: Broker, tmp_path: Path,
     outbox.close()
 
 
+def test_published_total_is_kept_across_a_restart(broker: Broker, tmp_path: Path) -> None:
+    """"Transcripts published" reads as a total: a restart must not set it back to 0."""
+    s = settings(tmp_path, broker.port)
+    sub = Subscriber(broker.port)
+
+    def run_once(texts: list[str], total: int) -> None:
+        async def body(pub: Publisher, outbox: Outbox) -> None:
+            await await_until(lambda: pub.connected, what="connect")
+            for text in texts:
+                pub.submit(transcript(text))
+            await await_until(lambda: any(validate("state", m.payload)["transcripts_published"]
+                                          == total for m in sub.on("state")), what="state")
+
+        run_with_publisher(s, body).close()
+
+    run_once(["one", "two"], 2)
+    run_once(["three"], 3)
+    sub.close()
+    counts = [validate("state", m.payload)["transcripts_published"] for m in sub.on("state")]
+    assert counts == sorted(counts), counts  # never falls back
+    assert sub.texts() == ["one", "two", "three"]
+
+
 def test_connect_hooks_and_subscriptions(broker: Broker, tmp_path: Path) -> None:
     """The extras other modules use: retained messages on connect, and commands in."""
     sub = Subscriber(broker.port, topic="#")

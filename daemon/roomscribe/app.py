@@ -19,6 +19,7 @@ from .audio import Frame
 from .capture import CaptureStats, frames
 from .config import Settings
 from .gate import Close, Gate, GateEvent, Open
+from .health import Health, available
 from .integrations import Integrations
 from .notify import Notifier, status_line
 from .outbox import Outbox
@@ -30,7 +31,9 @@ from .uplink import Uplink
 log = logging.getLogger("roomscribe")
 
 SHUTDOWN_PUBLISH_S = 5.0
-STATE_INTERVAL_S = 5.0
+# How often the state is sampled; the publisher decides what is worth publishing
+# (payload.StateReporter), so this only bounds how stale a published value can be.
+STATE_INTERVAL_S = 1.0
 
 
 class Daemon:
@@ -46,8 +49,7 @@ class Daemon:
             keep_samples=self.gate.lookback_samples,
             idle_disconnect_s=settings.gate.idle_disconnect_s,
         )
-        state = config.state_dir(settings)
-        state.mkdir(parents=True, exist_ok=True)
+        state = config.prepare_state_dir(settings)
         outbox = Outbox(state / "outbox.sqlite3",
                         max_entries=settings.mqtt.outbox_max_entries)
         self.publisher = Publisher(settings, outbox, config.mqtt_password(settings))
@@ -58,6 +60,7 @@ class Daemon:
                              on_partial=partial or (lambda _t: None),
                              on_status=self._uplink_status)
         self.capture_stats = CaptureStats()
+        self.health = Health()
         self.notifier = Notifier.from_env()
         self.started = time.monotonic()
         self._stop = asyncio.Event()
@@ -72,12 +75,17 @@ class Daemon:
     def _report(self) -> None:
         ring, cap, up = self.ring, self.capture_stats, self.uplink
         last_error = up.last_error or cap.last_error
+        status = self.health.status(
+            time.monotonic(), muted=self.integrations.mute.muted, connected=up.connected,
+            wants_connection=self.core.wants_connection(), capture_open=cap.device_open)
         self.publisher.update_state(
+            status=status,
+            transcription_available=available(status),
             uplink_connected=up.connected,
             buffered_s=round(ring.held_s, 1),
             dropped_s=round(ring.dropped_samples / 16000, 1),
             overruns=cap.overruns,
-            last_error=last_error,
+            last_error=last_error or None,
             uptime_s=round(time.monotonic() - self.started),
             muted=self.integrations.mute.muted,
         )
@@ -140,6 +148,11 @@ class Daemon:
             log.info("roomscribe %s: capturing from %s, sending to %s",
                      self.settings.device.id, self.settings.capture.source,
                      ", ".join(u.split("?")[0] for u in config.endpoints(self.settings)))
+            if self.integrations.mute.muted:
+                # Saved from before the restart: without this line a silent daemon
+                # looks broken.
+                log.warning("privacy mute is ON (saved in %s): no audio leaves the device "
+                            "until it is switched off", self.integrations.mute.path)
             await self._stop.wait()
             self.notifier.stopping()
             capture.cancel()

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import sys
+import wave
 from typing import Any
 
 from . import __version__, config, logs
@@ -23,16 +24,47 @@ def _settings(path: str | None) -> Settings:
     return config.load(path)
 
 
+def preflight(settings: Settings) -> None:
+    """Every mistake `run` would stop on before it starts, as one line each.
+
+    `check` runs exactly this, so it passes only what `run` accepts. Nothing is
+    created: `check` may run as another user than the service.
+    """
+    from .publish import check_tls
+
+    config.api_key(settings)
+    config.mqtt_password(settings)
+    problem = config.state_dir_problem(settings)
+    if problem:
+        raise ConfigError(problem)
+    check_tls(settings)
+    cap = settings.capture
+    if cap.source == "file":
+        where = f"{settings.source_path or '<defaults>'}: capture.file {cap.file!r}"
+        try:
+            with wave.open(cap.file, "rb") as wav:
+                nch, width = wav.getnchannels(), wav.getsampwidth()
+        except FileNotFoundError:
+            raise ConfigError(f"{where}: no such file") from None
+        except (OSError, EOFError, wave.Error) as exc:
+            raise ConfigError(f"{where}: not a readable PCM WAV file ({exc})") from None
+        if width not in (1, 2, 3, 4):
+            raise ConfigError(f"{where}: {8 * width}-bit samples are not supported")
+        if cap.channel >= nch:
+            raise ConfigError(f"{where}: has {nch} channel(s), capture.channel = {cap.channel}")
+
+
 def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
     from .app import serve_forever
 
-    config.api_key(settings)  # fail early, in one line, when a needed key is missing
+    preflight(settings)  # fail early, in one line, before anything is started
     try:
         return asyncio.run(serve_forever(settings))
     except Exception as exc:  # a fault no stage recovered from: one line, exit 1
+        if isinstance(exc, USER_ERRORS) or (isinstance(exc, ExceptionGroup)
+                                            and _user_error(exc) is not None):
+            raise  # main() prints it as the user's to fix, exit 2
         cause = _first_cause(exc)
-        if isinstance(cause, USER_ERRORS):
-            raise cause from None  # main() prints it as the user's to fix
         logging.getLogger("roomscribe").debug("internal error", exc_info=exc)
         text = str(cause).splitlines()[0][:200] if str(cause) else ""
         print(f"roomscribe: stopped by an internal error: {type(cause).__name__}"
@@ -57,8 +89,10 @@ def _masked(settings: Settings) -> dict[str, Any]:
 
 
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    preflight(settings)
+    masked = _masked(settings)
     print(f"{settings.source_path or '(built-in defaults)'}: OK")
-    print(json.dumps(_masked(settings), indent=2))
+    print(json.dumps(masked, indent=2))
     if args.connect:
         from .doctor import check_connect
 
@@ -150,6 +184,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+USER_ERRORS = (ConfigError, OutboxError, PublishError, CaptureError)
+
+
+def _user_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The first error of a TaskGroup's failure when every one in it is a user mistake
+    (e.g. a capture file that went away between `check` and `run`); else None."""
+    rest = group.subgroup(lambda e: not isinstance(e, (BaseExceptionGroup, *USER_ERRORS)))
+    if rest is not None:
+        return None
+    for exc in group.exceptions:
+        found = _user_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
+        if found is not None:
+            return found
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -159,6 +209,12 @@ def main(argv: list[str] | None = None) -> int:
         return result
     except USER_ERRORS as exc:
         print(f"roomscribe: {exc}", file=sys.stderr)
+        return 2
+    except ExceptionGroup as group:
+        user = _user_error(group)
+        if user is None:
+            raise
+        print(f"roomscribe: {user}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 0

@@ -137,6 +137,12 @@ class MqttSettings:
     # dropped from the outbox instead of sent (also on 3.1.1).
     max_age_s: int = 0
     publish_partials: bool = False
+    # Partials go out at most this often; the newest waiting one is sent when the gap
+    # is over and dropped if the final transcript comes first.
+    partial_interval_ms: int = 250
+    # A transcript's (and a partial's) text is cut to this many characters, marked
+    # `truncated`: a faulty server must not put megabytes on the broker.
+    transcript_max_chars: int = 4096
     # Triggers and Hermes skip transcripts whose speech is older than this (a command
     # said during an outage must not switch a light on minutes later).
     trigger_max_age_s: float = 30.0
@@ -294,6 +300,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "mqtt.max_age_s": (0, 2**32 - 1),
     "mqtt.trigger_max_age_s": (0, 86400),
     "mqtt.state_interval_s": (1, 86400),
+    "mqtt.partial_interval_ms": (50, 60000),
+    "mqtt.transcript_max_chars": (255, 1_000_000),
     "mqtt.outbox_max_entries": (10, 1_000_000),
     "mqtt.inflight_max": (1, 1000),
     "mqtt.reconnect_min_s": (1, 3600),
@@ -401,10 +409,11 @@ def _validate(settings: Settings, where: str) -> None:
         )
     if cap.source == "file" and not cap.file:
         raise ConfigError(f"{where}: capture.file must be set when capture.source = 'file'")
-    url = urlsplit(settings.uplink.url)
-    if url.scheme not in ("ws", "wss") or not url.hostname:
-        raise ConfigError(f"{where}: uplink.url must be a ws:// or wss:// URL")
-    _validate_urls(settings.uplink.urls, where)
+    _validate_url(settings.uplink.url, where, "uplink.url")
+    for i, url in enumerate(settings.uplink.urls, 1):
+        _validate_url(url, where, f"uplink.urls[{i}]")
+    if len(set(settings.uplink.urls)) != len(settings.uplink.urls):
+        raise ConfigError(f"{where}: uplink.urls lists an endpoint twice")
     if any(c in settings.mqtt.topic_prefix for c in "#+") or not settings.mqtt.topic_prefix:
         raise ConfigError(f"{where}: mqtt.topic_prefix must be non-empty, without + or #")
     ha_prefix = settings.mqtt.ha_discovery_prefix
@@ -413,19 +422,18 @@ def _validate(settings: Settings, where: str) -> None:
     _validate_triggers(settings.triggers, where)
 
 
-def _validate_urls(urls: tuple[str, ...], where: str) -> None:
-    for i, text in enumerate(urls, 1):
-        try:
-            url = urlsplit(text)
-            port = url.port
-        except ValueError as exc:
-            raise ConfigError(f"{where}: uplink.urls[{i}] {text!r} is not a URL: {exc}") \
-                from None
-        if url.scheme not in ("ws", "wss") or not url.hostname or port == 0:
-            raise ConfigError(f"{where}: uplink.urls[{i}] must be a ws:// or wss:// URL, "
-                              f"not {text!r}")
-    if len(set(urls)) != len(urls):
-        raise ConfigError(f"{where}: uplink.urls lists an endpoint twice")
+def _validate_url(value: str, where: str, key: str) -> None:
+    # urlsplit raises on a broken IPv6 literal and .port on a port out of range: both
+    # are the user's typo, not a crash.
+    try:
+        url = urlsplit(value)
+        port = url.port
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {key} {value!r} is not a valid URL: {exc}") from None
+    if url.scheme not in ("ws", "wss") or not url.hostname:
+        raise ConfigError(f"{where}: {key} must be a ws:// or wss:// URL")
+    if port == 0:
+        raise ConfigError(f"{where}: {key} port must be 1-65535, not 0")
 
 
 def _validate_triggers(rules: tuple[TriggerRule, ...], where: str) -> None:
@@ -544,6 +552,58 @@ def state_dir(settings: Settings) -> Path:
         return Path(systemd_dir)
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "roomscribe"
+
+
+# Pending transcripts and the mute state are private: outside systemd's StateDirectory
+# nothing else would keep other local users out.
+STATE_DIR_MODE = 0o700
+STATE_FILE_MODE = 0o600
+
+
+def _state_dir_label(settings: Settings, path: Path) -> str:
+    where = settings.source_path or "<defaults>"
+    setting = "state.dir" if settings.state.dir else "state.dir (default)"
+    return f"{where}: {setting} {str(path)!r}"
+
+
+def state_dir_problem(settings: Settings) -> str | None:
+    """Why the state directory cannot be used or created, without touching it.
+
+    `check` runs this (often as another user than the service: it must not create
+    anything); `run` creates the directory and reports the same mistakes.
+    """
+    path = state_dir(settings)
+    label = _state_dir_label(settings, path)
+    if os.path.lexists(path):
+        if not path.exists():
+            return f"{label} is a broken symbolic link"
+        if not path.is_dir():
+            return f"{label} exists and is not a directory"
+        if not os.access(path, os.W_OK | os.X_OK):
+            return f"{label} is not writable"
+        return None
+    ancestor = path.parent
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"{label} cannot be created: {ancestor} is not a directory"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"{label} cannot be created: no permission to write in {ancestor}"
+    return None
+
+
+def prepare_state_dir(settings: Settings) -> Path:
+    """The state directory, created 0700 if missing; a ConfigError if it is unusable."""
+    problem = state_dir_problem(settings)
+    if problem:
+        raise ConfigError(problem)
+    path = state_dir(settings)
+    try:
+        path.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{_state_dir_label(settings, path)} cannot be created: "
+                          f"{exc.strerror or exc}") from None
+    return path
 
 
 def mask(secret: str) -> str:

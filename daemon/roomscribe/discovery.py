@@ -22,6 +22,7 @@ from typing import Any
 
 from . import __version__
 from .config import Settings
+from .health import STATUSES
 from .message import Message
 from .mute import mute_topics
 from .payload import OFFLINE, ONLINE, topics
@@ -45,8 +46,16 @@ EVENT_TEMPLATE = _json_template(
     {"event_type": '"transcript"'} | {f: f"value_json.{f}" for f in _TRANSCRIPT_FIELDS})
 TEXT_TEMPLATE = f"{{{{ value_json.text[:{HA_STATE_MAX_CHARS}] }}}}"
 TEXT_ATTRIBUTES_TEMPLATE = _json_template({f: f"value_json.{f}" for f in _TRANSCRIPT_FIELDS})
-ERROR_TEMPLATE = f"{{{{ value_json.last_error[:{HA_STATE_MAX_CHARS}] }}}}"
-CONNECTED_TEMPLATE = "{{ 'ON' if value_json.uplink_connected else 'OFF' }}"
+# last_error is null while all is well: "none" rather than a blank state.
+ERROR_TEMPLATE = (f"{{{{ value_json.last_error[:{HA_STATE_MAX_CHARS}] "
+                  "if value_json.last_error else 'none' }}")
+# A problem sensor: ON (Problem) only when transcription is failing. Idle and muted are
+# by design and show OK, so the entity is usable for alerts.
+PROBLEM_TEMPLATE = "{{ 'OFF' if value_json.transcription_available else 'ON' }}"
+STATUS_TEMPLATE = "{{ value_json.status }}"
+# Entities earlier versions announced: their configs are cleared on every (re)connect
+# and by `forget`, so Home Assistant drops them. (component, key)
+RETIRED: tuple[tuple[str, str], ...] = (("binary_sensor", "uplink"),)
 
 # Diagnostic sensors read from the retained state JSON:
 # key, name, field, unit, device_class, state_class, icon.
@@ -72,7 +81,8 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9_]", "_", text.lower())
 
 
-def device_block(settings: Settings) -> dict[str, Any]:
+def device_block(settings: Settings, hardware: str = "") -> dict[str, Any]:
+    """hardware: the board, e.g. "Raspberry Pi 4 Model B Rev 1.4" (shown as Hardware)."""
     d = settings.device
     block: dict[str, Any] = {
         "identifiers": [_node_id(settings)],
@@ -81,6 +91,8 @@ def device_block(settings: Settings) -> dict[str, Any]:
         "manufacturer": "roomscribe",
         "sw_version": __version__,
     }
+    if hardware:
+        block["hw_version"] = hardware
     if d.room:
         block["suggested_area"] = d.room
     return block
@@ -114,11 +126,16 @@ def _entities(settings: Settings) -> list[tuple[str, str, dict[str, Any]]]:
             "command_topic": mute_command, "state_topic": mute_state,
             "payload_on": "ON", "payload_off": "OFF", "retain": False,
         }),
-        ("binary_sensor", "uplink", {
-            "name": "Uplink", "device_class": "connectivity",
-            "entity_category": "diagnostic",
-            "state_topic": t.state, "value_template": CONNECTED_TEMPLATE,
+        ("binary_sensor", "transcription", {
+            "name": "Transcription", "device_class": "problem",
+            "state_topic": t.state, "value_template": PROBLEM_TEMPLATE,
             "payload_on": "ON", "payload_off": "OFF",
+        }),
+        ("sensor", "status", {
+            "name": "Status", "icon": "mdi:list-status", "device_class": "enum",
+            "entity_category": "diagnostic",
+            "options": list(STATUSES),
+            "state_topic": t.state, "value_template": STATUS_TEMPLATE,
         }),
         ("sensor", "last_error", {
             "name": "Last error", "icon": "mdi:alert-circle-outline",
@@ -146,12 +163,13 @@ def config_topic(settings: Settings, component: str, key: str) -> str:
     return f"{prefix}/{component}/{_node_id(settings)}/{key}/config"
 
 
-def discovery_messages(settings: Settings) -> list[Message]:
-    """Retained entity configs; empty when mqtt.ha_discovery is off."""
+def discovery_messages(settings: Settings, hardware: str = "") -> list[Message]:
+    """Retained entity configs (and clearing of retired ones); empty when
+    mqtt.ha_discovery is off."""
     if not settings.mqtt.ha_discovery:
         return []
     t = topics(settings.mqtt.topic_prefix, settings.device.id)
-    device, origin = device_block(settings), origin_block()
+    device, origin = device_block(settings, hardware), origin_block()
     messages = []
     for component, key, platform in _entities(settings):
         object_id = _slug(f"{_node_id(settings)}_{key}")
@@ -171,7 +189,12 @@ def discovery_messages(settings: Settings) -> list[Message]:
         }
         messages.append(Message(config_topic(settings, component, key), config,
                                 retain=True, qos=DISCOVERY_QOS))
-    return messages
+    return messages + _retired_removals(settings)
+
+
+def _retired_removals(settings: Settings) -> list[Message]:
+    return [Message(config_topic(settings, component, key), "", retain=True,
+                    qos=DISCOVERY_QOS) for component, key in RETIRED]
 
 
 def removal_messages(settings: Settings) -> list[Message]:
@@ -181,7 +204,7 @@ def removal_messages(settings: Settings) -> list[Message]:
     """
     return [Message(config_topic(settings, component, key), "", retain=True,
                     qos=DISCOVERY_QOS)
-            for component, key, _ in _entities(settings)]
+            for component, key, _ in _entities(settings)] + _retired_removals(settings)
 
 
 def status_topic(discovery_prefix: str) -> str:

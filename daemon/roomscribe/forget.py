@@ -85,7 +85,8 @@ def forget(settings: Settings, password: str, out: TextIO, timeout_s: float = 10
     finally:
         client.disconnect()
         client.loop_stop()
-    configs = len(discovery.removal_messages(settings))
+    # Entities of this version; the retired ones' configs are cleared too, uncounted.
+    configs = len(discovery.removal_messages(settings)) - len(discovery.RETIRED)
     print(f"forgot {settings.device.id} on {where}: {configs} Home Assistant entities "
           f"removed, retained availability, state and mute cleared", file=out)
     return 0

@@ -8,13 +8,25 @@ import logging
 import time
 from pathlib import Path
 
-from . import discovery, hermes, mute, triggers
+from . import discovery, hermes, mute, payload, triggers
 from .config import Settings
 from .message import Message
 from .publish import Publisher
 from .transcript import Transcript
 
 log = logging.getLogger("roomscribe.integrations")
+
+# The board's name on a Raspberry Pi (and other device-tree machines), NUL-terminated.
+DEVICE_TREE_MODEL = Path("/proc/device-tree/model")
+
+
+def hardware_model(path: Path = DEVICE_TREE_MODEL) -> str:
+    """E.g. "Raspberry Pi 4 Model B Rev 1.4"; "" where there is no device tree."""
+    try:
+        raw = path.read_bytes()[:200]
+    except OSError:
+        return ""
+    return " ".join(raw.split(b"\0")[0].decode("utf-8", "replace").split())
 
 
 class Integrations:
@@ -27,8 +39,10 @@ class Integrations:
             m.topic_prefix, settings.device.id)
         publisher.add_connect_hook(self._mute_message)
         publisher.subscribe(mute_command_topic, self._on_mute_command)
+        self.hardware = hardware_model()
         if m.ha_discovery:
-            publisher.add_connect_hook(lambda: discovery.discovery_messages(settings))
+            publisher.add_connect_hook(
+                lambda: discovery.discovery_messages(settings, self.hardware))
             publisher.subscribe(discovery.status_topic(m.ha_discovery_prefix),
                                 self._on_ha_status)
 
@@ -49,11 +63,13 @@ class Integrations:
     def _on_ha_status(self, topic: str, body: bytes) -> None:
         if discovery.should_rediscover(topic, body, self.settings.mqtt.ha_discovery_prefix):
             log.info("Home Assistant came online: sending discovery again")
-            for msg in discovery.discovery_messages(self.settings):
+            for msg in discovery.discovery_messages(self.settings, self.hardware):
                 self.publisher.send(msg)
 
     def transcript(self, t: Transcript) -> None:
         """Publish a transcript and whatever it sets off."""
+        # Triggers and Hermes see the same (cut) text as the transcript subscribers.
+        t = payload.capped(t, self.settings.mqtt.transcript_max_chars)
         entry_id = self.publisher.submit(t)
         if entry_id is None:
             return

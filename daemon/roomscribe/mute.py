@@ -82,8 +82,9 @@ class MuteState:
         self._muted = muted
         tmp = self.path.with_name(f".{FILE_NAME}.tmp")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with tmp.open("w", encoding="ascii") as fh:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with open(fd, "w", encoding="ascii") as fh:
                 fh.write("ON\n" if muted else "OFF\n")
                 fh.flush()
                 os.fsync(fh.fileno())

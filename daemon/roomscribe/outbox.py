@@ -18,6 +18,8 @@ short (one fsync per add/ack).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import time
 import uuid
@@ -37,7 +39,7 @@ CREATE TABLE IF NOT EXISTS entries (
     payload BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta VALUES ('next_seq', 1), ('dropped', 0);
+INSERT OR IGNORE INTO meta VALUES ('next_seq', 1), ('dropped', 0), ('published', 0);
 """
 
 
@@ -54,12 +56,27 @@ class OutboxEntry:
     payload: bytes
 
 
+def _make_private(path: Path) -> None:
+    """Create the database file 0600 (or narrow an older 0644 one) before sqlite opens it.
+
+    sqlite gives its -wal and -shm files the main file's mode, so they follow; ones left
+    by an older version are narrowed too. Pending transcripts are what was said in the
+    room: no other local user may read them.
+    """
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            if p.stat().st_mode & 0o077:
+                p.chmod(0o600)
+
+
 class Outbox:
     def __init__(self, path: str | Path, *, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
         self.path = Path(path)
         self.max_entries = max_entries
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _make_private(self.path)
             # isolation_level=None: we issue BEGIN IMMEDIATE/COMMIT ourselves.
             self._db = sqlite3.connect(self.path, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
@@ -88,6 +105,11 @@ class Outbox:
     def dropped(self) -> int:
         """Entries dropped, over the database's lifetime, because the outbox was full."""
         return self._meta("dropped")
+
+    @property
+    def published(self) -> int:
+        """Entries the broker acknowledged, over the database's lifetime."""
+        return self._meta("published")
 
     def __len__(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM entries").fetchone()[0])
@@ -128,10 +150,24 @@ class Outbox:
             raise self._fail("read", exc) from None
         return [OutboxEntry(r[0], r[1], r[2], bytes(r[3])) for r in rows]
 
-    def ack(self, entry_id: str) -> None:
-        """Delete an entry the broker has acknowledged (or that expired)."""
+    def ack(self, entry_id: str, *, delivered: bool = False) -> None:
+        """Delete an entry the broker has acknowledged (delivered) or that expired.
+
+        The count of delivered entries changes in the same transaction as the delete,
+        so a crash can neither count a transcript twice nor lose one from the total.
+        """
         try:
-            self._db.execute("DELETE FROM entries WHERE id = ?", (entry_id,))
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                deleted = self._db.execute("DELETE FROM entries WHERE id = ?",
+                                           (entry_id,)).rowcount
+                if delivered and deleted:
+                    self._db.execute("UPDATE meta SET value = value + ? "
+                                     "WHERE key = 'published'", (deleted,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
         except sqlite3.Error as exc:
             raise self._fail("delete from", exc) from None
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import ssl
 import time
 from collections.abc import Callable, Iterable
@@ -43,6 +44,22 @@ class PublishError(Exception):
     """An MQTT setting that cannot work (e.g. unreadable TLS files): one line."""
 
 
+def check_tls(settings: Settings) -> None:
+    """A PublishError for TLS files the client could not load, before connecting."""
+    m = settings.mqtt
+    if not m.tls:
+        return
+    try:
+        context = ssl.create_default_context(cafile=m.ca_file or None)
+        if m.cert_file:
+            context.load_cert_chain(m.cert_file, m.key_file or None)
+    except (OSError, ssl.SSLError) as exc:
+        where = settings.source_path or "<defaults>"
+        raise PublishError(
+            f"{where}: mqtt TLS (ca_file={m.ca_file!r}, cert_file={m.cert_file!r}, "
+            f"key_file={m.key_file!r}): {getattr(exc, 'strerror', None) or exc}") from None
+
+
 class Publisher:
     def __init__(self, settings: Settings, outbox: Outbox, password: str = "") -> None:
         self._settings = settings
@@ -62,7 +79,8 @@ class Publisher:
         self._last_sent_seq = 0
         self._waiters: dict[int, asyncio.Future[None]] = {}
         self._state = payload.StateReporter(m.state_interval_s, time.monotonic())
-        self._published = 0
+        self._partials: payload.Throttle[str] = payload.Throttle(m.partial_interval_ms / 1000)
+        self._partial_timer: asyncio.TimerHandle | None = None
         self._expired = 0
         self._last_logged = ""
         self.last_error = ""
@@ -180,10 +198,8 @@ class Publisher:
             # Re-sending would be refused forever (e.g. an ACL): drop it, loudly.
             self._error(f"mqtt: broker refused transcript seq {entry.seq} on "
                         f"{self.topics.transcript}: {rc}")
-        else:
-            self._published += 1
         try:
-            self._outbox.ack(entry.id)
+            self._outbox.ack(entry.id, delivered=not rc.is_failure)
         except OutboxError as exc:
             self._error(str(exc))
         self._wake.set()
@@ -239,11 +255,13 @@ class Publisher:
     def _publish_state(self) -> None:
         if not self._connected:
             return
+        published = self._state.current.transcripts_published
         try:
             pending, dropped = len(self._outbox), self._outbox.dropped
-        except OutboxError:  # the state must not stop the sender
+            published = self._outbox.published
+        except (OutboxError, sqlite3.Error):  # the state must not stop the sender
             pending, dropped = -1, -1
-        self._state.update(transcripts_published=self._published, expired=self._expired,
+        self._state.update(transcripts_published=published, expired=self._expired,
                            outbox_pending=pending, outbox_dropped=dropped)
         state = self._state.due(time.monotonic())
         if state is not None:
@@ -282,6 +300,9 @@ class Publisher:
 
         Returns the transcript's id (the dedupe key), or None if it could not be stored.
         """
+        t = payload.capped(t, self._m.transcript_max_chars)
+        # The final supersedes any partial still waiting for its turn.
+        self._partials.drop()
         try:
             entry = self._outbox.add(t, device=self._settings.device.id,
                                      room=self._settings.device.room)
@@ -295,8 +316,33 @@ class Publisher:
         return entry.id
 
     def partial(self, text: str) -> None:
+        """Publish an interim hypothesis: cut like a transcript, at most one per
+        mqtt.partial_interval_ms (the newest waiting one goes out when the gap is over)."""
         if not (self._m.publish_partials and self._connected):
             return
+        text = text[:self._m.transcript_max_chars]
+        out = self._partials.offer(text, time.monotonic())
+        if out is not None:
+            self._send_partial(out)
+        else:
+            self._schedule_partial()
+
+    def _schedule_partial(self) -> None:
+        wake = self._partials.wake_at()
+        if wake is None or self._partial_timer is not None or self._loop is None:
+            return
+        self._partial_timer = self._loop.call_later(max(0.0, wake - time.monotonic()),
+                                                    self._flush_partial)
+
+    def _flush_partial(self) -> None:
+        self._partial_timer = None
+        out = self._partials.due(time.monotonic())
+        if out is None:
+            self._schedule_partial()  # woken a hair early: try again at wake_at
+        elif self._connected:
+            self._send_partial(out)
+
+    def _send_partial(self, text: str) -> None:
         body = payload.partial_payload(text, device=self._settings.device.id,
                                        room=self._settings.device.room, published=time.time())
         self._client.publish(self.topics.partial, body, qos=payload.PARTIAL_QOS, retain=False,

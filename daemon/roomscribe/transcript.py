@@ -18,3 +18,5 @@ class Transcript:
     model: str
     # True when the audio was sent again after an outage.
     replayed: bool = False
+    # The text was cut to mqtt.transcript_max_chars on its way to MQTT.
+    truncated: bool = False

@@ -8,6 +8,7 @@ import dataclasses
 import ipaddress
 import logging
 import signal
+import socket
 import sys
 
 from .. import config, logs
@@ -19,10 +20,14 @@ log = logging.getLogger("roomscribe.server")
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
+    # The resolver, not ipaddress, decides where the socket binds: it reads "127.1" and
+    # "0x7f.1" as 127.0.0.1. AI_NUMERICHOST keeps names out (no DNS lookup).
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
+        infos = socket.getaddrinfo(host, None, flags=socket.AI_NUMERICHOST)
+    except (OSError, UnicodeError):
         return False  # a name or "": may resolve to anything, or listen everywhere
+    return bool(infos) and all(ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback
+                               for info in infos)
 
 
 def check_exposure(server: ServerSettings, where: str) -> None:
