@@ -11,15 +11,17 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from http import HTTPStatus
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
-from websockets.http11 import Request, Response
+from websockets.http11 import MAX_LINE_LENGTH, Request, Response
 from websockets.typing import Subprotocol
 
 from ..audio import SAMPLE_RATE_HZ
@@ -38,6 +40,30 @@ OUT_QUEUE = 64
 CLOSE_TIMEOUT_S = 2.0
 
 
+class _Connection(ServerConnection):
+    """Mends a request line whose target holds raw spaces (see
+    `handshake.repair_request_line`) before websockets parses it. Holds at most
+    MAX_LINE_LENGTH (8 KiB) bytes until the first line is complete, websockets' own limit
+    for it; past that the bytes go on as they are and websockets refuses them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head: bytearray | None = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        if self._head is None:
+            super().data_received(data)
+            return
+        self._head += data
+        end = self._head.find(b"\r\n")
+        if end < 0 and len(self._head) <= MAX_LINE_LENGTH:
+            return
+        head, self._head = bytes(self._head), None
+        if end >= 0:
+            head = handshake.repair_request_line(head[:end]) + head[end:]
+        super().data_received(head)
+
+
 class RealtimeServer:
     def __init__(self, settings: ServerSettings,
                  transcribe: Callable[[npt.NDArray[np.int16], bool], str]):
@@ -47,6 +73,7 @@ class RealtimeServer:
             buffer_samples=int(settings.session_buffer_s * SAMPLE_RATE_HZ),
             first_partial_samples=settings.first_partial_ms * SAMPLE_RATE_HZ // 1000,
             partial_interval_samples=settings.partial_interval_ms * SAMPLE_RATE_HZ // 1000)
+        self.served = handshake.served_names(settings.model)
         self.active = 0
         self.port = 0
         self._server: Server | None = None
@@ -56,17 +83,21 @@ class RealtimeServer:
     def _check(self, request: Request) -> handshake.ConnectParams | handshake.HandshakeError:
         offered = [p.strip() for value in request.headers.get_all("Sec-WebSocket-Protocol")
                    for p in value.split(",") if p.strip()]
-        return handshake.check(request.path, request.headers.get("Authorization"),
-                               offered, self.settings.tokens)
+        return handshake.check(request.path, request.headers.get_all("Authorization"),
+                               offered, self.settings.tokens, self.served)
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         result = self._check(request)
-        if isinstance(result, handshake.HandshakeError):
-            return _json_response(connection, result)
-        if self.active >= self.settings.max_sessions:
-            return _json_response(connection, handshake.HandshakeError(
+        if not isinstance(result, handshake.HandshakeError) and \
+                self.active >= self.settings.max_sessions:
+            result = handshake.HandshakeError(
                 503, "server_busy", f"all {self.settings.max_sessions} sessions are in use; "
-                "try again later", type="server_error"))
+                "try again later", type="server_error")
+        if isinstance(result, handshake.HandshakeError):
+            # The message never holds the key (nor the query, where a key may be).
+            log.info("handshake from %s refused: %d %s: %s", connection.remote_address,
+                     result.status, result.code, result.message)
+            return _json_response(connection, result)
         return None
 
     @staticmethod
@@ -137,6 +168,8 @@ class RealtimeServer:
         with contextlib.suppress(ConnectionClosed):
             while True:
                 for event in await outq.get():
+                    if event["type"] == "echo.response":
+                        event["server_sent_at"] = time.time()
                     await ws.send(json.dumps(event))
 
     @staticmethod
@@ -161,7 +194,7 @@ class RealtimeServer:
             self.handler, host or self.settings.host,
             self.settings.port if port is None else port,
             process_request=self.process_request,
-            select_subprotocol=self.select_subprotocol,
+            select_subprotocol=self.select_subprotocol, create_connection=_Connection,
             max_size=self.settings.max_message_bytes, max_queue=MAX_QUEUE,
             close_timeout=CLOSE_TIMEOUT_S)
         sockets = list(self._server.sockets)
