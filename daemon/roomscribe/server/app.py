@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from http import HTTPStatus
@@ -62,6 +63,21 @@ class _Connection(ServerConnection):
         if end >= 0:
             head = handshake.repair_request_line(head[:end]) + head[end:]
         super().data_received(head)
+
+
+class _WebsocketsLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """websockets logs a request it cannot read (a port probe, a client that is not
+    HTTP) as an ERROR with a traceback; a server log wants one INFO line with why."""
+
+    # log(), not error(): each connection wraps this in an adapter of its own, whose
+    # error() ends up here.
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if msg == "opening handshake failed":
+            exc = sys.exc_info()[1]
+            reason = (exc.__cause__ or exc) if exc is not None else None
+            log.info("handshake failed: %s", reason or "no valid HTTP request")
+            return
+        super().log(level, msg, *args, **kwargs)
 
 
 class RealtimeServer:
@@ -195,6 +211,7 @@ class RealtimeServer:
             self.settings.port if port is None else port,
             process_request=self.process_request,
             select_subprotocol=self.select_subprotocol, create_connection=_Connection,
+            logger=_WebsocketsLog(logging.getLogger("websockets.server")),
             max_size=self.settings.max_message_bytes, max_queue=MAX_QUEUE,
             close_timeout=CLOSE_TIMEOUT_S)
         sockets = list(self._server.sockets)
