@@ -175,6 +175,26 @@ def test_manual_commit_covers_everything_sent() -> None:
     assert not core.segment_open and core.ring.start == 32000
 
 
+def test_commit_empty_settles_the_audio_before_its_end_quietly() -> None:
+    core = core_with_audio(2.0)
+    created(core)
+    drain(core, flush=True)
+    core.commit()
+    # Our server: the VAD had closed every segment, all before 2 s is settled.
+    out = core.receive(ev("error", message="nothing to commit", audio_end_ms=2000,
+                          error={"code": "input_audio_buffer_commit_empty",
+                                 "message": "nothing to commit"}), 1)
+    assert out == [] and core.commit_answered and core.ring.start == 32000
+    # Without a position (OpenAI's own error) nothing is released.
+    other = core_with_audio(2.0)
+    created(other)
+    drain(other, flush=True)
+    other.commit()
+    assert other.receive(ev("error", error={"code": "input_audio_buffer_commit_empty",
+                                            "message": "buffer too small"}), 1) == []
+    assert other.commit_answered and other.ring.start == 0
+
+
 def test_gated_spans_skip_silence_and_map_times_across_the_gap() -> None:
     ring = Ring(600)
     core = ClientCore(ring, model="m", chunk_samples=4096, keep_samples=8000,

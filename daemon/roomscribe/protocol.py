@@ -363,6 +363,12 @@ class ClientCore:
         if kind == "error":
             self.commit_answered = True
             code, message = _error_fields(event)
+            if code == "input_audio_buffer_commit_empty":
+                # Our server's answer when the VAD already closed every segment: all
+                # audio before audio_end_ms is settled, as an empty transcript was.
+                if "audio_end_ms" in event:
+                    self._release(self._ms_to_sample(event["audio_end_ms"], end=True))
+                return []
             return [ServerError(code, message)]
         return []  # unknown types are ignored, as the protocol asks
 

@@ -147,6 +147,7 @@ def test_commit_with_nothing_to_transcribe_is_commit_empty(vad: VadParams | None
     assert err["error"]["code"] == "input_audio_buffer_commit_empty"
     assert err["error"]["event_id"] == "c1"
     assert not d.of(COMPLETED) and not d.of("input_audio_buffer.committed")
+    assert err.get("audio_end_ms") == (1000 if vad else None)  # settled up to there
     if vad is None:  # too little is kept for the next commit, as OpenAI does
         d.stream(speech("lj002-0035-22k05.wav"))
         done = d.send(COMMIT)[-1]

@@ -28,7 +28,8 @@ once if already answered); if speech resumes first or the close differs, it is d
   With turn detection off, a commit's segment is everything since the previous
   commit (or clear), up to the last sample received. A commit with nothing to
   transcribe (no speech since the last segment; with turn detection off, under 100 ms
-  of audio) is answered with OpenAI's `input_audio_buffer_commit_empty` error.
+  of audio) is answered with OpenAI's `input_audio_buffer_commit_empty` error; with
+  turn detection on it carries `audio_end_ms`: everything before it is settled.
 
 Rates. A client may send 8, 16 or 24 kHz (`input_audio_format`); everything else here
 is 16 kHz: audio is resampled on arrival, one soxr stream per session, so a sample
@@ -286,10 +287,12 @@ class Session:
             if not any(isinstance(o, dict) and o["type"] == "input_audio_buffer.committed"
                        for o in out):
                 # Not an empty transcript: a client could not tell it from speech
-                # that came out as nothing. The code says which case this is.
-                out.append(self._error(COMMIT_EMPTY, "nothing to commit: no speech since "
-                                       f"the last segment (audio to {_ceil_ms(self.total)} "
-                                       "ms is done)", None, client_event_id))
+                # that came out as nothing. The code says which case this is, and
+                # audio_end_ms (not OpenAI's) that all audio before it is settled.
+                error = self._error(COMMIT_EMPTY, "nothing to commit: no speech since "
+                                    f"the last segment (audio to {_ceil_ms(self.total)} "
+                                    "ms is done)", None, client_event_id)
+                out.append({**error, "audio_end_ms": _ceil_ms(self.total)})
             self._trim()
             return out
         held = self.total - self._buf_start
