@@ -175,26 +175,6 @@ def test_manual_commit_covers_everything_sent() -> None:
     assert not core.segment_open and core.ring.start == 32000
 
 
-def test_commit_empty_settles_the_audio_before_its_end_quietly() -> None:
-    core = core_with_audio(2.0)
-    created(core)
-    drain(core, flush=True)
-    core.commit()
-    # Our server: the VAD had closed every segment, all before 2 s is settled.
-    out = core.receive(ev("error", message="nothing to commit", audio_end_ms=2000,
-                          error={"code": "input_audio_buffer_commit_empty",
-                                 "message": "nothing to commit"}), 1)
-    assert out == [] and core.commit_answered and core.ring.start == 32000
-    # Without a position (OpenAI's own error) nothing is released.
-    other = core_with_audio(2.0)
-    created(other)
-    drain(other, flush=True)
-    other.commit()
-    assert other.receive(ev("error", error={"code": "input_audio_buffer_commit_empty",
-                                            "message": "buffer too small"}), 1) == []
-    assert other.commit_answered and other.ring.start == 0
-
-
 def test_gated_spans_skip_silence_and_map_times_across_the_gap() -> None:
     ring = Ring(600)
     core = ClientCore(ring, model="m", chunk_samples=4096, keep_samples=8000,
@@ -270,3 +250,101 @@ def test_nothing_to_send_before_the_gate_first_opens() -> None:
     assert not core.wants_connection()  # a silent room needs no socket
     core.gate_open(0)
     assert core.wants_connection()
+
+
+# -- flow control and the answer to a commit ----------------------------------------
+
+
+def sent_samples(frames: list[bytes]) -> int:
+    return sum(len(f) for f in frames) // 2
+
+
+def test_a_backlog_goes_no_further_than_the_window_ahead_of_processed() -> None:
+    core = core_with_audio(120.0)
+    core.window_samples = 10 * 16000
+    created(core)
+    assert sent_samples(drain(core)) == 10 * 16000  # the window, then it waits
+    core.receive(ev("input_audio_buffer.processed", processed_ms=4000), 1.0)
+    assert core.server_paces is True
+    assert core.ring.start == 4 * 16000  # what the server is done with is settled
+    assert sent_samples(drain(core, 1.0)) == 4 * 16000  # exactly the room it made
+    core.receive(ev("input_audio_buffer.processed", processed_ms=9000), 2.0)
+    assert sent_samples(drain(core, 2.0)) == 5 * 16000
+    assert core.window_full
+
+
+def test_a_server_that_never_reports_progress_is_not_waited_for() -> None:
+    core = core_with_audio(60.0)
+    core.window_samples = 10 * 16000
+    created(core)
+    assert sent_samples(drain(core, 0.0)) == 10 * 16000
+    assert drain(core, 4.0) == []  # still probing
+    assert sent_samples(drain(core, 5.0, flush=True)) == 50 * 16000  # it does not pace
+    assert core.server_paces is False
+
+
+def test_a_window_stalled_without_progress_commits_once_per_stall() -> None:
+    """A server holding one long open segment (turn detection off) would never move
+    its watermark: a commit makes it finish that segment."""
+    core = core_with_audio(60.0)
+    core.window_samples = 10 * 16000
+    created(core)
+    core.receive(ev("input_audio_buffer.processed", processed_ms=0), 0.0)
+    drain(core, 0.0)
+    drain(core, 1.0)
+    assert not core.commit_due(10.0)
+    assert core.commit_due(16.0)
+    core.commit()
+    assert not core.commit_due(40.0)  # one commit at a time
+
+
+def test_the_last_commit_is_answered_by_its_own_range_not_by_any_event() -> None:
+    core = core_with_audio(10.0)
+    core.window_samples = 60 * 16000
+    created(core)
+    drain(core, flush=True)
+    core.commit()
+    # An earlier segment's events are not the answer to this commit.
+    core.receive(ev("input_audio_buffer.speech_started", item_id="i1", audio_start_ms=0), 1)
+    core.receive(ev("input_audio_buffer.committed", item_id="i1", audio_start_ms=0,
+                    audio_end_ms=4000), 1)
+    assert not core.commit_answered
+    core.receive(ev("conversation.item.input_audio_transcription.completed", item_id="i1",
+                    transcript="first", audio_start_ms=0, audio_end_ms=4000), 1)
+    assert not core.commit_answered
+    core.receive(ev("error", error={"code": "rate_limited", "message": "slow down"}), 1)
+    assert not core.commit_answered
+    # The watermark reaching the commit is.
+    core.receive(ev("input_audio_buffer.processed", processed_ms=10000), 2)
+    assert core.commit_answered and core.settled
+
+
+def test_an_empty_commit_is_answered_by_commit_empty() -> None:
+    core = core_with_audio(1.0)
+    created(core)
+    drain(core, flush=True)
+    core.commit()
+    out = core.receive(ev("error", error={"code": "input_audio_buffer_commit_empty",
+                                          "message": "nothing to commit"}), 1)
+    assert out == [] and core.commit_answered
+
+
+def test_a_server_without_ranges_answers_a_commit_with_its_next_completed() -> None:
+    core = core_with_audio(3.0)
+    created(core)
+    drain(core, flush=True)
+    core.commit()
+    core.receive(ev("conversation.item.input_audio_transcription.delta", delta="hi"), 1)
+    core.receive(ev("conversation.item.input_audio_transcription.completed",
+                    transcript="hi there"), 1)
+    assert core.commit_answered
+
+
+def test_stopping_with_unsent_audio_counts_it_as_dropped() -> None:
+    core = core_with_audio(100.0)
+    core.window_samples = 10 * 16000
+    created(core)
+    drain(core)
+    assert core.untranscribed_s == 100.0
+    assert core.abandon() == 100.0
+    assert core.ring.dropped_samples == 100 * 16000

@@ -35,3 +35,28 @@ def test_after_stop_nothing_is_retried_and_bugs_never_are() -> None:
 def test_descriptions_are_one_line_without_secrets() -> None:
     text = describe(refused(401, "invalid_api_key"))
     assert text == "server refused the connection: HTTP 401 invalid_api_key"
+
+
+def test_a_fault_inside_the_connection_library_is_transient() -> None:
+    """websockets tripping on a transport that a close already took away (seen as
+    AttributeError: 'NoneType' object has no attribute 'call_soon' from a send): a new
+    connection fixes it, so it must not end the daemon."""
+    import asyncio
+
+    from websockets.asyncio.client import ClientConnection
+    from websockets.client import ClientProtocol
+    from websockets.uri import parse_uri
+
+    async def race() -> BaseException:
+        # A connection whose transport is gone: send_context() aborts it and trips.
+        conn = ClientConnection(ClientProtocol(parse_uri("ws://127.0.0.1/")))
+        try:
+            await conn.send("x")
+        except Exception as exc:
+            return exc
+        raise AssertionError("sending on a connection without a transport worked")
+
+    exc = asyncio.run(race())
+    assert isinstance(exc, AttributeError)
+    assert classify(exc) is Verdict.TRANSIENT
+    assert classify(AttributeError("ours")) is Verdict.FATAL  # our own bugs are not

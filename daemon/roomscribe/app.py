@@ -41,6 +41,7 @@ class Daemon:
         self.gate = Gate(settings.gate)
         self.core = ClientCore(
             self.ring, model=up.model, chunk_samples=up.chunk_ms * 16,
+            window_samples=int(up.window_s * 16000),
             min_silence_ms=up.vad.min_silence_duration_ms, pad_ms=up.vad.speech_pad_ms,
             keep_samples=self.gate.lookback_samples,
             idle_disconnect_s=settings.gate.idle_disconnect_s,
@@ -52,7 +53,7 @@ class Daemon:
         self.publisher = Publisher(settings, outbox, config.mqtt_password(settings))
         self.integrations = Integrations(settings, self.publisher, state)
         partial = self.publisher.partial if settings.mqtt.publish_partials else None
-        self.uplink = Uplink(up, self.core, config.api_key(settings),
+        self.uplink = Uplink(up, self.core, config.endpoint_keys(settings),
                              on_transcript=self.integrations.transcript,
                              on_partial=partial or (lambda _t: None),
                              on_status=self._uplink_status)
@@ -60,6 +61,7 @@ class Daemon:
         self.notifier = Notifier.from_env()
         self.started = time.monotonic()
         self._stop = asyncio.Event()
+        self.exit_status = 0
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -80,6 +82,16 @@ class Daemon:
             muted=self.integrations.mute.muted,
         )
         self.notifier.status(status_line(up.connected, ring.held_s, last_error))
+
+    def _account_unflushed(self) -> None:
+        """Stopping: audio that did not get through in time is said, counted in
+        dropped_s, and makes the exit status non-zero."""
+        lost = 0.0 if self.uplink.flushed else self.core.abandon()
+        if lost >= 0.1:
+            self.exit_status = 1
+            log.warning("stopping with %.1f s of captured audio not transcribed (it did "
+                        "not get through within uplink.final_timeout_s = %.0f s)", lost,
+                        self.settings.uplink.final_timeout_s)
 
     async def _capture(self) -> None:
         source = frames(self.settings.capture, self.capture_stats)
@@ -127,16 +139,18 @@ class Daemon:
             self.notifier.ready()
             log.info("roomscribe %s: capturing from %s, sending to %s",
                      self.settings.device.id, self.settings.capture.source,
-                     self.settings.uplink.url.split("?")[0])
+                     ", ".join(u.split("?")[0] for u in config.endpoints(self.settings)))
             await self._stop.wait()
             self.notifier.stopping()
             capture.cancel()
             self.uplink.stop()
-            bound = self.settings.uplink.final_timeout_s + 2.0
+            # The uplink keeps its own deadline (final_timeout_s); this is the backstop.
+            bound = self.settings.uplink.final_timeout_s + 5.0
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(bound):
                     await asyncio.shield(uplink)
             uplink.cancel()
+            self._account_unflushed()
             self._report()
             await self.publisher.close(SHUTDOWN_PUBLISH_S)
             publish.cancel()
@@ -144,9 +158,11 @@ class Daemon:
                 task.cancel()
 
 
-async def serve_forever(settings: Settings) -> None:
+async def serve_forever(settings: Settings) -> int:
+    """Run until stopped; the exit status (non-zero: audio was left untranscribed)."""
     daemon = Daemon(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.request_stop)
     await daemon.run()
+    return daemon.exit_status

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 from typing import Any
 
@@ -13,6 +14,9 @@ from .capture import CaptureError
 from .config import ConfigError, Settings
 from .outbox import OutboxError
 from .publish import PublishError
+
+# Mistakes a user can fix (config, files, devices): one line, exit status 2.
+USER_ERRORS = (ConfigError, OutboxError, PublishError, CaptureError)
 
 
 def _settings(path: str | None) -> Settings:
@@ -23,8 +27,24 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
     from .app import serve_forever
 
     config.api_key(settings)  # fail early, in one line, when a needed key is missing
-    asyncio.run(serve_forever(settings))
-    return 0
+    try:
+        return asyncio.run(serve_forever(settings))
+    except Exception as exc:  # a fault no stage recovered from: one line, exit 1
+        cause = _first_cause(exc)
+        if isinstance(cause, USER_ERRORS):
+            raise cause from None  # main() prints it as the user's to fix
+        logging.getLogger("roomscribe").debug("internal error", exc_info=exc)
+        text = str(cause).splitlines()[0][:200] if str(cause) else ""
+        print(f"roomscribe: stopped by an internal error: {type(cause).__name__}"
+              f"{': ' + text if text else ''}", file=sys.stderr)
+        return 1
+
+
+def _first_cause(exc: BaseException) -> BaseException:
+    """The failure itself, however deep in task groups it was raised."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _masked(settings: Settings) -> dict[str, Any]:
@@ -142,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         logs.setup(settings.log.level)
         result: int = args.func(settings, args)
         return result
-    except (ConfigError, OutboxError, PublishError, CaptureError) as exc:
+    except USER_ERRORS as exc:
         print(f"roomscribe: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

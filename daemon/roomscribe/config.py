@@ -78,12 +78,27 @@ class VadSettings:
 @dataclass(frozen=True)
 class UplinkSettings:
     url: str = "ws://127.0.0.1:8765/v1/realtime"
+    # Endpoints in order of preference; empty = [url]. The first that gives a session is
+    # used; on close 4503 / no_healthy_workers, a refused handshake, or failover_after_s
+    # without a session the next is tried, and the first is probed every
+    # failback_probe_s to come back to it. A `model=` in an endpoint's query overrides
+    # `model` for that endpoint (e.g. "ws://pi4.local:8765/v1/realtime?model=tiny.en").
+    urls: tuple[str, ...] = ()
+    failover_after_s: float = 5.0
+    failback_probe_s: float = 60.0
     model: str = "openai/whisper-large-v3"
     # Key sources, first found wins: TOGETHER_API_KEY, api_key_file,
-    # $CREDENTIALS_DIRECTORY/together_api_key. Never logged.
+    # $CREDENTIALS_DIRECTORY/together_api_key. Never logged. With Together among several
+    # endpoints it goes to Together only; the others get the server token
+    # (ROOMSCRIBE_SERVER_TOKEN, server_token_file, credential server_token), if any.
     api_key_file: str = ""
+    server_token_file: str = ""
     chunk_ms: int = 256
+    # Flow control: with a server that reports its progress (input_audio_buffer.
+    # processed), send at most this much audio ahead of it (30 s = 960 kB in flight).
+    window_s: float = 30.0
     connect_timeout_s: float = 10.0
+    # On stop: sending the rest, the last commit and its transcripts, all within this.
     final_timeout_s: float = 15.0
     ping_interval_s: float = 10.0
     ping_timeout_s: float = 20.0
@@ -172,11 +187,18 @@ class ServerSettings:
     cpu_threads: int = 0
     # Decodes run at once, each on its own model replica (tiny.en int8: ~40 MB each).
     workers: int = 2
-    # Decode jobs waiting for the model, across all sessions.
-    queue_max: int = 32
+    # Finals waiting for the model across all sessions beyond which new sessions are
+    # refused (error no_healthy_workers, close 4503): clients try another endpoint.
+    queue_max: int = 64
     max_sessions: int = 16
     # Per-session cap on audio held for the open segment: seconds x 32 000 bytes.
     session_buffer_s: float = 120.0
+    # Closed segments a session may have waiting for the model before its socket stops
+    # being read (a client ignoring `processed`): seconds x 32 000 bytes (60 s = 1.9 MB).
+    session_backlog_s: float = 60.0
+    # A session that sends no audio for this long is closed (1000 "idle timeout"), so
+    # silent sockets cannot hold every session.
+    idle_timeout_s: float = 120.0
     max_message_bytes: int = 1 << 20
     # The first delta once this much speech is in (the onset, not the pad, counts),
     # then one every partial_interval_ms.
@@ -258,6 +280,9 @@ RANGES: dict[str, tuple[float, float]] = {
     "capture.queue_s": (0.1, 600),
     "capture.resync_drift_s": (0, 3600),
     "uplink.chunk_ms": (20, 5000),
+    "uplink.window_s": (1, 3600),
+    "uplink.failover_after_s": (0.5, 3600),
+    "uplink.failback_probe_s": (1, 86400),
     "uplink.vad.threshold": (0.0, 1.0),
     "uplink.vad.min_silence_duration_ms": (0, 60000),
     "uplink.vad.min_speech_duration_ms": (0, 60000),
@@ -278,6 +303,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "server.queue_max": (1, 10000),
     "server.max_sessions": (1, 10000),
     "server.session_buffer_s": (1, 3600),
+    "server.session_backlog_s": (1, 3600),
+    "server.idle_timeout_s": (1, 86400),
     "server.max_message_bytes": (1024, 1 << 26),
     "server.partial_interval_ms": (100, 10000),
     "server.first_partial_ms": (100, 10000),
@@ -377,12 +404,28 @@ def _validate(settings: Settings, where: str) -> None:
     url = urlsplit(settings.uplink.url)
     if url.scheme not in ("ws", "wss") or not url.hostname:
         raise ConfigError(f"{where}: uplink.url must be a ws:// or wss:// URL")
+    _validate_urls(settings.uplink.urls, where)
     if any(c in settings.mqtt.topic_prefix for c in "#+") or not settings.mqtt.topic_prefix:
         raise ConfigError(f"{where}: mqtt.topic_prefix must be non-empty, without + or #")
     ha_prefix = settings.mqtt.ha_discovery_prefix
     if any(c in ha_prefix for c in "#+") or not ha_prefix.strip("/"):
         raise ConfigError(f"{where}: mqtt.ha_discovery_prefix must be non-empty, without + or #")
     _validate_triggers(settings.triggers, where)
+
+
+def _validate_urls(urls: tuple[str, ...], where: str) -> None:
+    for i, text in enumerate(urls, 1):
+        try:
+            url = urlsplit(text)
+            port = url.port
+        except ValueError as exc:
+            raise ConfigError(f"{where}: uplink.urls[{i}] {text!r} is not a URL: {exc}") \
+                from None
+        if url.scheme not in ("ws", "wss") or not url.hostname or port == 0:
+            raise ConfigError(f"{where}: uplink.urls[{i}] must be a ws:// or wss:// URL, "
+                              f"not {text!r}")
+    if len(set(urls)) != len(urls):
+        raise ConfigError(f"{where}: uplink.urls lists an endpoint twice")
 
 
 def _validate_triggers(rules: tuple[TriggerRule, ...], where: str) -> None:
@@ -449,8 +492,17 @@ def _read_secret(env: str, file_setting: str, credential: str, where: str) -> st
     return ""
 
 
+def endpoints(settings: Settings) -> tuple[str, ...]:
+    """The uplink's endpoints in order of preference."""
+    return settings.uplink.urls or (settings.uplink.url,)
+
+
+def _is_together_url(url: str) -> bool:
+    return (urlsplit(url).hostname or "").endswith(TOGETHER_HOST)
+
+
 def is_together(settings: Settings) -> bool:
-    return (urlsplit(settings.uplink.url).hostname or "").endswith(TOGETHER_HOST)
+    return any(_is_together_url(u) for u in endpoints(settings))
 
 
 def api_key(settings: Settings) -> str:
@@ -464,6 +516,19 @@ def api_key(settings: Settings) -> str:
             "(set TOGETHER_API_KEY, uplink.api_key_file or the together_api_key credential)"
         )
     return key
+
+
+def endpoint_keys(settings: Settings) -> tuple[str, ...]:
+    """The secret each endpoint gets (one per endpoints()). Together's key never goes to
+    another host when Together is one of several: a LAN server gets the server token."""
+    urls = endpoints(settings)
+    key = api_key(settings)
+    if not is_together(settings):
+        return tuple(key for _ in urls)  # one kind of server: the key is its token
+    where = settings.source_path or "<defaults>"
+    token = _read_secret("ROOMSCRIBE_SERVER_TOKEN", settings.uplink.server_token_file,
+                         "server_token", where)
+    return tuple(key if _is_together_url(u) else token for u in urls)
 
 
 def mqtt_password(settings: Settings) -> str:

@@ -12,7 +12,17 @@ Settling rules (what the ring may release):
   when it arrived, less `min_silence + pad + infer_margin_s` (conservative: it may send
   a segment's tail again, it never skips unheard speech);
 - silence: audio sent more than `settle_s` ago while no segment was open, because a
-  server that heard speech in it would have said so by now.
+  server that heard speech in it would have said so by now;
+- `input_audio_buffer.processed`: everything before `processed_ms`, because the server
+  sends it only after the transcripts of that audio.
+
+Flow control: a server that sends `processed` gets at most `window_samples` of audio
+beyond it. A backlog then waits here, in the ring, not in the server's socket, where
+it would delay pings and every other frame; the server never has to stop reading.
+
+The answer to a commit is an event about the audio up to the commit: a `committed`
+range or a `processed` watermark that reaches it, or `input_audio_buffer_commit_empty`;
+from a server that reports no ranges, the next `completed`.
 """
 
 from __future__ import annotations
@@ -86,6 +96,14 @@ def headers(api_key: str) -> dict[str, str]:
     return result
 
 
+def is_session_created(frame: str | bytes) -> bool:
+    try:
+        event = json.loads(frame)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(event, dict) and event.get("type") == "session.created"
+
+
 def _event(kind: str, **fields: Any) -> str:
     return json.dumps({"event_id": f"evt_{uuid.uuid4().hex[:20]}", "type": kind, **fields})
 
@@ -107,6 +125,13 @@ def session_update_event(vad: VadSettings) -> str:
                 "max_speech_duration_s": vad.max_speech_duration_s,
                 "speech_pad_ms": vad.speech_pad_ms}
     return _event("transcription_session.updated", session={"turn_detection": turn})
+
+
+def _server_sample(value: Any) -> int:
+    """A server time in ms as a sample on the connection's timeline."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(f"bad audio time {value!r}")
+    return int(value) * SAMPLES_PER_MS
 
 
 def _error_fields(event: dict[str, Any]) -> tuple[str, str]:
@@ -170,6 +195,20 @@ class ClientCore:
     # (server sample, ring sample) where each contiguous run sent on this connection
     # starts: the server's timeline has no gaps, the ring's does where the gate closed.
     _runs: list[tuple[int, int]] = field(default_factory=list)
+    # Flow control (see the module doc): at most this much audio beyond the server's
+    # `processed` watermark is in flight (30 s = 960 kB, 1.3 MB as base64 JSON).
+    window_samples: int = 30 * SAMPLE_RATE_HZ
+    # Whether the server sends `processed` (learned once, kept across reconnects); one
+    # that sent none while we waited pace_probe_s at a full window does not.
+    server_paces: bool | None = None
+    pace_probe_s: float = 5.0
+    # Waiting this long at a full window with no progress, commit: the server may be
+    # holding one long open segment (turn detection off, a long max_speech).
+    window_stall_s: float = 15.0
+    processed_pos: int = 0  # this connection's watermark, in server samples
+    _blocked_since: float | None = None  # when the window filled, without progress since
+    _ranged: bool = False  # this connection's server reports audio ranges
+    _commit_server: int | None = None  # server sample of our last commit
     # Nothing to send until the gate first opens: a silent room needs no socket.
     _idle: bool = True
     # (sent position, time) samples for the silence rule; one a second, and settle_s
@@ -186,6 +225,10 @@ class ClientCore:
         self.session_id = ""
         self.last_event_at = now
         self.commit_answered = True
+        self.processed_pos = 0
+        self._blocked_since = None
+        self._ranged = False
+        self._commit_server = None
         self._items.clear()
         self._open_unranged = False
         self._commit_pos = None
@@ -238,7 +281,10 @@ class ClientCore:
         if available <= 0 or (available < self.chunk_samples and span.end is None
                               and not flush):
             return None
-        pos, pcm = self.ring.read(pos, min(available, self.chunk_samples))
+        room = self._window_room(now)
+        if room <= 0:
+            return None
+        pos, pcm = self.ring.read(pos, min(available, self.chunk_samples, room))
         if not self._runs or self._ring_at(self.server_pos, end=False) != pos:
             # A gap the gate skipped (or a full ring dropped): the server's timeline
             # runs on without it, so note where this run starts.
@@ -254,8 +300,32 @@ class ClientCore:
             self._sent_marks[-1] = (self.sent, self._sent_marks[-1][1])
         return append_event(pcm)
 
-    def commit_due(self) -> bool:
-        """A closed span has been sent whole: commit so its last words come now."""
+    def _window_room(self, now: float) -> int:
+        """Samples we may still send before the window is full (see the module doc)."""
+        if self.server_paces is False:
+            return self.chunk_samples
+        room = self.window_samples - (self.server_pos - self.processed_pos)
+        if room > 0:
+            self._blocked_since = None
+            return room
+        if self._blocked_since is None:
+            self._blocked_since = now
+        if self.server_paces is None and now - self._blocked_since >= self.pace_probe_s:
+            self.server_paces = False  # it never said how far it got: do without
+            return self.chunk_samples
+        return 0
+
+    @property
+    def window_full(self) -> bool:
+        return self._blocked_since is not None
+
+    def commit_due(self, now: float | None = None) -> bool:
+        """A closed span has been sent whole: commit so its last words come now. Also
+        when the window has been full for window_stall_s without progress."""
+        if now is not None and self._blocked_since is not None and self.commit_answered \
+                and self.ready and now - self._blocked_since >= self.window_stall_s:
+            self._blocked_since = now  # once per stall
+            return True
         for span in self._spans:
             if span.end is not None and span.end <= self.sent and not span.committed \
                     and self.ready:
@@ -265,8 +335,30 @@ class ClientCore:
 
     def commit(self) -> str:
         self._commit_pos = self.sent
+        self._commit_server = self.server_pos
         self.commit_answered = False
         return commit_event()
+
+    def _answers_commit(self, server_sample: int) -> None:
+        """An event says the server is done with audio up to `server_sample`."""
+        if self._commit_server is not None and \
+                server_sample >= self._commit_server - SAMPLES_PER_MS:
+            self.commit_answered = True
+
+    @property
+    def untranscribed_s(self) -> float:
+        """Captured audio the gate wanted sent that no transcript has settled yet."""
+        total = 0
+        for span in self._spans:
+            end = self.ring.end if span.end is None else min(span.end, self.ring.end)
+            total += max(0, end - max(span.start, self.ring.start))
+        return total / SAMPLE_RATE_HZ
+
+    def abandon(self) -> float:
+        """Stopping with audio not transcribed: count it as dropped; its seconds."""
+        lost = self.untranscribed_s
+        self.ring.dropped_samples += int(lost * SAMPLE_RATE_HZ)
+        return lost
 
     def _ring_at(self, server_sample: int, end: bool) -> int:
         """Ring sample of a server sample; an `end` on a run boundary stays in the
@@ -327,20 +419,35 @@ class ClientCore:
             self.ready = True
             return [Ready(self.session_id)]
         if kind == "input_audio_buffer.speech_started":
+            self._ranged = True
             self._item(event).start = self._ms_to_sample(event["audio_start_ms"])
             return []
         if kind == "input_audio_buffer.speech_stopped":
+            self._ranged = True
             self._item(event).end = self._ms_to_sample(event["audio_end_ms"], end=True)
             return []
         if kind == "input_audio_buffer.committed":
-            self.commit_answered = True
             item = self._item(event)
             if "audio_start_ms" in event and item.start is None:
                 item.start = self._ms_to_sample(event["audio_start_ms"])
             if "audio_end_ms" in event:
+                self._ranged = True
                 item.end = self._ms_to_sample(event["audio_end_ms"], end=True)
-            elif item.end is None and self._commit_pos is not None:
-                item.end = self._commit_pos  # manual commit covers all audio sent
+                self._answers_commit(_server_sample(event["audio_end_ms"]))
+            else:
+                self.commit_answered = True  # a server without ranges: it is the answer
+                if item.end is None and self._commit_pos is not None:
+                    item.end = self._commit_pos  # manual commit covers all audio sent
+            return []
+        if kind == "input_audio_buffer.processed":
+            mark = min(_server_sample(event["processed_ms"]), self.server_pos)
+            self.server_paces = True
+            if mark > self.processed_pos:
+                self.processed_pos = mark
+                self._blocked_since = None  # progress: the stall clock starts again
+            self._answers_commit(mark)
+            if self._runs:
+                self._release(self._ring_at(self.processed_pos, end=True))
             return []
         if kind == "conversation.item.input_audio_transcription.delta":
             text = event.get("delta", event.get("transcript"))
@@ -354,20 +461,16 @@ class ClientCore:
             text = event["transcript"]
             if not isinstance(text, str):
                 raise ValueError("transcript is not text")
-            if self._commit_pos is not None:
-                self.commit_answered = True
+            if self._commit_pos is not None and not self._ranged and not self.server_paces:
+                self.commit_answered = True  # all a server without ranges will say
             return self._finish(event, wall, text)
         if kind == "conversation.item.input_audio_transcription.failed":
             code, message = _error_fields(event)
             return [*self._finish(event, wall, None), ServerError(code, message)]
         if kind == "error":
-            self.commit_answered = True
             code, message = _error_fields(event)
             if code == "input_audio_buffer_commit_empty":
-                # Our server's answer when the VAD already closed every segment: all
-                # audio before audio_end_ms is settled, as an empty transcript was.
-                if "audio_end_ms" in event:
-                    self._release(self._ms_to_sample(event["audio_end_ms"], end=True))
+                self.commit_answered = True  # nothing to transcribe: also an answer
                 return []
             return [ServerError(code, message)]
         return []  # unknown types are ignored, as the protocol asks

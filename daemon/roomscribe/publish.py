@@ -349,6 +349,9 @@ class Publisher:
             log.warning("mqtt: %d transcript(s) not acknowledged at shutdown; "
                         "they stay in the outbox", len(self._inflight))
         if self._connected:
+            # The last state (what a stop left untranscribed, say) goes before "offline".
+            self._state.force()
+            self._publish_state()
             info = self._client.publish(self.topics.availability, payload.OFFLINE,
                                         qos=payload.AVAILABILITY_QOS, retain=True)
             waiter: asyncio.Future[None] = loop.create_future()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
+import os
 import socket
 import ssl
 
@@ -25,10 +26,15 @@ class Verdict(enum.Enum):
 class UplinkError(Exception):
     """A condition the uplink raises itself, with its verdict attached."""
 
-    def __init__(self, message: str, verdict: Verdict = Verdict.TRANSIENT) -> None:
+    def __init__(self, message: str, verdict: Verdict = Verdict.TRANSIENT,
+                 elsewhere: bool = False) -> None:
         super().__init__(message)
         self.verdict = verdict
+        self.elsewhere = elsewhere  # the server said to go to another endpoint
 
+
+# Together's close code for "no capacity here: retry elsewhere".
+CLOSE_TRY_ELSEWHERE = 4503
 
 # Server error codes (handshake body or `error` event) that no retry will fix soon.
 SLOW_CODES = frozenset({
@@ -61,7 +67,21 @@ def classify(exc: BaseException) -> Verdict:
     if isinstance(exc, InvalidHandshake | ConnectionClosed | OSError | EOFError |
                   asyncio.TimeoutError | TimeoutError | ssl.SSLError | socket.gaierror):
         return Verdict.TRANSIENT
+    if _raised_inside(exc, "websockets"):
+        # The connection library tripped on a connection that was going away (a send
+        # racing a close, seen as AttributeError from transport.abort): a new
+        # connection fixes it.
+        return Verdict.TRANSIENT
     return Verdict.FATAL
+
+
+def _raised_inside(exc: BaseException, package: str) -> bool:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    return f"{os.sep}{package}{os.sep}" in tb.tb_frame.f_code.co_filename
 
 
 def should_retry(exc: BaseException, *, after_stop: bool) -> bool:
@@ -87,3 +107,56 @@ def describe(exc: BaseException) -> str:
         return "timed out"
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0][:200]
+
+
+def go_elsewhere(exc: BaseException) -> bool:
+    """The endpoint says it has no capacity for us (Together: close code 4503 or error
+    `no_healthy_workers`): another endpoint, at once, is the fix."""
+    if isinstance(exc, ConnectionClosed) and exc.rcvd is not None:
+        return exc.rcvd.code == CLOSE_TRY_ELSEWHERE
+    if isinstance(exc, UplinkError):
+        return exc.elsewhere
+    if isinstance(exc, InvalidStatus):
+        return _status_code(exc)[1] == "no_healthy_workers"
+    return False
+
+
+class Endpoints:
+    """Which of uplink.urls to use, with no I/O: the first that works, in order.
+
+    After a failure on the current endpoint the next one is due when the endpoint said
+    to go elsewhere, refused the handshake, or has been without a session for
+    `failover_after_s`. A full round with no session in between stops the switching,
+    so a key that every endpoint refuses is retried at the classifier's pace."""
+
+    def __init__(self, count: int, failover_after_s: float) -> None:
+        self.count = count
+        self.failover_after_s = failover_after_s
+        self.current = 0
+        self._failing_since: float | None = None
+        self._switches = 0  # since the last session that came up
+
+    def failed(self, exc: BaseException, now: float) -> float | None:
+        """Note a failed attempt or session. Returns 0.0 when it switched endpoints (go
+        now), else the longest wait before this endpoint's failover time is up (None
+        for no bound)."""
+        if self.count == 1 or self._switches >= self.count:
+            return None
+        if self._failing_since is None:
+            self._failing_since = now
+        refused = isinstance(exc, InvalidStatus)
+        if go_elsewhere(exc) or refused or \
+                now - self._failing_since >= self.failover_after_s:
+            self.current = (self.current + 1) % self.count
+            self._failing_since = now
+            self._switches += 1
+            return 0.0
+        return max(0.0, self._failing_since + self.failover_after_s - now)
+
+    def session_up(self) -> None:
+        self._failing_since = None
+        self._switches = 0
+
+    def back_to_first(self) -> None:
+        self.current = 0
+        self._failing_since = None

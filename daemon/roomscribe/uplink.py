@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import websockets
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
@@ -21,7 +23,15 @@ from websockets.asyncio.client import ClientConnection
 from . import protocol
 from .config import UplinkSettings
 from .protocol import ClientCore, Partial, Ready, ServerError
-from .retry import SLOW_CODES, UplinkError, Verdict, classify, describe, should_retry
+from .retry import (
+    SLOW_CODES,
+    Endpoints,
+    UplinkError,
+    Verdict,
+    classify,
+    describe,
+    should_retry,
+)
 from .transcript import Transcript
 
 log = logging.getLogger("roomscribe.uplink")
@@ -31,8 +41,23 @@ log = logging.getLogger("roomscribe.uplink")
 MAX_EVENT_BYTES = 1 << 20
 
 
+# After the first endpoint is back, wait at most this long for the open segment's
+# transcript before moving to it (the ring replays whatever was not settled).
+SWITCH_BACK_GRACE_S = 10.0
+
+
 class _HealthyDrop(Exception):
     """A long, healthy session ended: reconnect at once with a fresh backoff."""
+
+
+class _QuietEnd(Exception):
+    """The server closed the connection normally with nothing owed (its idle timeout):
+    not an error; the next audio opens a new one."""
+
+
+def endpoint_model(url: str, model: str) -> str:
+    """The model an endpoint is asked for: its URL's own `model=`, else uplink.model."""
+    return parse_qs(urlsplit(url).query).get("model", [model])[-1]
 
 
 class Uplink:
@@ -40,14 +65,19 @@ class Uplink:
         self,
         settings: UplinkSettings,
         core: ClientCore,
-        api_key: str,
+        api_key: str | Sequence[str],
         on_transcript: Callable[[Transcript], None],
         on_partial: Callable[[str], None] = lambda _text: None,
         on_status: Callable[[bool, str], None] = lambda _up, _err: None,
     ) -> None:
         self.settings = settings
         self.core = core
-        self._api_key = api_key
+        self.urls = settings.urls or (settings.url,)
+        # One secret per endpoint (config.endpoint_keys); a str is everyone's.
+        self._keys = (tuple(api_key for _ in self.urls) if isinstance(api_key, str)
+                      else tuple(api_key))
+        self.endpoints = Endpoints(len(self.urls), settings.failover_after_s)
+        self._first_is_back = 0.0  # when a probe found the first endpoint healthy
         self._on_transcript = on_transcript
         self._on_partial = on_partial
         self._on_status = on_status
@@ -57,23 +87,43 @@ class Uplink:
         self.last_error = ""
         self.reconnects = 0
         self._tries_since_stop = 0  # connection attempts after stop(): one, no more
+        self._deadline = float("inf")  # after stop(): give up the flush then
+        # The last commit after stop() was answered and every segment came back.
+        self.flushed = False
+        self._paces_logged: bool | None = None
 
     # -- called by the app ---------------------------------------------------
     def audio_arrived(self) -> None:
         self._audio.set()
 
     def stop(self) -> None:
-        """End of capture: flush, commit, wait (bounded) for the last transcript."""
+        """End of capture: send the rest, commit, and wait for the last transcript,
+        all within uplink.final_timeout_s from now."""
+        self._deadline = asyncio.get_running_loop().time() + self.settings.final_timeout_s
         self._stopping.set()
         self._audio.set()
+
+    def _past_deadline(self) -> bool:
+        return asyncio.get_running_loop().time() >= self._deadline
 
     # -- the loop ------------------------------------------------------------
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
+        bound = None if exc is None else self.endpoints.failed(exc, time.monotonic())
+        if bound == 0.0:
+            return 0.0  # another endpoint: try it now
         if exc is not None and classify(exc) is Verdict.SLOW:
-            return self.settings.fatal_retry_s
-        backoff = wait_random_exponential(multiplier=0.5, max=self.settings.backoff_max_s)
-        return float(backoff(state))
+            wait = self.settings.fatal_retry_s
+        else:
+            backoff = wait_random_exponential(multiplier=0.5,
+                                              max=self.settings.backoff_max_s)
+            wait = float(backoff(state))
+        # Never sleep past the moment this endpoint's failover time is up.
+        return wait if bound is None else min(wait, bound)
+
+    @property
+    def endpoint(self) -> str:
+        return self.urls[self.endpoints.current].split("?")[0]
 
     async def _sleep(self, seconds: float) -> None:
         # A stop cuts the backoff short: one more attempt to flush before giving up.
@@ -89,7 +139,10 @@ class Uplink:
         wait = state.next_action.sleep if state.next_action else 0.0
         self.last_error = describe(exc)
         self._on_status(False, self.last_error)
-        if slow:
+        if wait == 0.0 and len(self.urls) > 1:
+            log.warning("uplink: %s; trying %s now (%.0f s of audio buffered)",
+                        self.last_error, self.endpoint, self.core.ring.held_s)
+        elif slow:
             log.error("uplink: %s; this will not fix itself (check the API key and model); "
                       "retrying in %.0f s", self.last_error, wait)
         else:
@@ -97,7 +150,8 @@ class Uplink:
                         self.last_error, wait, self.core.ring.held_s)
 
     async def run(self) -> None:
-        while not self._stopping.is_set() or self.core.backlog_s > 0:
+        while not self._stopping.is_set() or (self.core.backlog_s > 0
+                                              and not self._past_deadline()):
             retrying = AsyncRetrying(
                 wait=self._wait,
                 retry=retry_if_exception(lambda e: not isinstance(e, _HealthyDrop) and
@@ -119,11 +173,11 @@ class Uplink:
                 self.reconnects += 1
                 continue
             except Exception as exc:
-                # Retrying gave up: only a failed last attempt after stop() is expected.
+                # Retrying gave up: only a failed last attempt after stop() is expected
+                # (the app then reports what was not transcribed).
                 if not self._tries_since_stop or classify(exc) is Verdict.FATAL:
                     raise
-                log.warning("uplink: stopping with %.1f s of audio not transcribed: %s",
-                            self.core.backlog_s, describe(exc))
+                log.info("uplink: the last attempt to flush failed: %s", describe(exc))
                 return
 
     async def _wanted(self) -> None:
@@ -135,30 +189,41 @@ class Uplink:
                     await self._audio.wait()
             self.core.tick(time.monotonic())
 
+    async def _connect(self, index: int) -> ClientConnection:
+        s = dataclasses.replace(self.settings, url=self.urls[index])
+        async with asyncio.timeout(s.connect_timeout_s):
+            return await websockets.connect(
+                protocol.connect_url(s),
+                additional_headers=protocol.headers(self._keys[index]),
+                max_size=MAX_EVENT_BYTES,
+                ping_interval=s.ping_interval_s,
+                ping_timeout=s.ping_timeout_s,
+                open_timeout=s.connect_timeout_s,
+                close_timeout=2,
+            )
+
     async def _session(self) -> None:
         s = self.settings
         started = time.monotonic()
         if self._stopping.is_set():
             self._tries_since_stop += 1
+        index = self.endpoints.current
         try:
-            async with asyncio.timeout(s.connect_timeout_s):
-                ws = await websockets.connect(
-                    protocol.connect_url(s),
-                    additional_headers=protocol.headers(self._api_key),
-                    max_size=MAX_EVENT_BYTES,
-                    ping_interval=s.ping_interval_s,
-                    ping_timeout=s.ping_timeout_s,
-                    open_timeout=s.connect_timeout_s,
-                    close_timeout=2,
-                )
+            ws = await self._connect(index)
         except Exception:
             self.core.connection_lost()
             raise
+        self.core.model = endpoint_model(self.urls[index], s.model)
         self.core.connection_made(time.monotonic())
+        self._first_is_back = 0.0
         try:
             async with asyncio.TaskGroup() as tg:
                 reader = tg.create_task(self._read(ws), name="uplink-reader")
-                tg.create_task(self._write(ws, reader), name="uplink-writer")
+                probe = tg.create_task(self._probe_first(), name="uplink-failback-probe") \
+                    if index != 0 else None
+                tg.create_task(self._write(ws, reader, probe), name="uplink-writer")
+        except* _QuietEnd:
+            pass
         except* Exception as group:
             exc = group.exceptions[0]
             self._lost(exc)
@@ -184,7 +249,49 @@ class Uplink:
         async for message in ws:
             for out in self.core.receive(message, time.monotonic(), time.time()):
                 self._handle(out)
+            if self.core.window_full:
+                self._audio.set()  # the server may have made room: the writer looks
+            self._log_pacing()
+        if ws.close_code in (1000, 1001) and self.core.settled:
+            log.info("uplink: the server closed the connection (%s) with nothing owed",
+                     ws.close_reason or ws.close_code)
+            raise _QuietEnd()
         raise UplinkError("server closed the connection")
+
+    async def _probe_first(self) -> None:
+        """On a fallback endpoint: every failback_probe_s, see whether the first one
+        gives a session again; when it does, the writer moves back to it."""
+        while True:
+            await asyncio.sleep(self.settings.failback_probe_s)
+            try:
+                ws = await self._connect(0)
+                try:
+                    async with asyncio.timeout(self.settings.connect_timeout_s):
+                        created = protocol.is_session_created(await ws.recv())
+                finally:
+                    await ws.close()
+            except Exception as exc:
+                if classify(exc) is Verdict.FATAL:
+                    raise
+                log.debug("uplink: %s still unavailable: %s", self.urls[0].split("?")[0],
+                          describe(exc))
+                continue
+            if created:
+                self._first_is_back = time.monotonic()
+                self._audio.set()
+                return
+
+    def _log_pacing(self) -> None:
+        paces = self.core.server_paces
+        if paces is None or paces is self._paces_logged:
+            return
+        self._paces_logged = paces
+        if paces:
+            log.debug("uplink: the server reports its progress; sending at most %.0f s "
+                      "ahead of it", self.core.window_samples / 16000)
+        else:
+            log.info("uplink: the server does not report its progress "
+                     "(input_audio_buffer.processed); sending without a window")
 
     def _handle(self, out: Any) -> None:
         if isinstance(out, Transcript):
@@ -192,6 +299,7 @@ class Uplink:
         elif isinstance(out, Partial):
             self._on_partial(out.text)
         elif isinstance(out, Ready):
+            self.endpoints.session_up()
             self.connected = True
             self.last_error = ""
             self._on_status(True, "")
@@ -203,12 +311,27 @@ class Uplink:
                 log.warning("uplink: ignored a malformed server event: %s", out.message)
             elif out.code in SLOW_CODES:
                 raise UplinkError(f"server error {out.code}: {out.message}", Verdict.SLOW)
+            elif out.code == "no_healthy_workers":
+                raise UplinkError(f"server has no capacity ({out.code})", elsewhere=True)
             elif out.code == "session_expired":
                 raise UplinkError("server ended the session (session_expired)")
             else:
                 log.warning("uplink: server error %s: %s", out.code, out.message)
 
-    async def _write(self, ws: ClientConnection, reader: asyncio.Task[None]) -> None:
+    async def _write(self, ws: ClientConnection, reader: asyncio.Task[None],
+                     probe: asyncio.Task[None] | None) -> None:
+        try:
+            await self._write_until_done(ws, reader)
+        finally:
+            if probe is not None:
+                probe.cancel()
+
+    def _switch_back_due(self, now: float) -> bool:
+        back = self._first_is_back
+        return bool(back) and (not self.core.segment_open or now - back >= SWITCH_BACK_GRACE_S)
+
+    async def _write_until_done(self, ws: ClientConnection,
+                                reader: asyncio.Task[None]) -> None:
         s = self.settings
         # Wait for session.created: the server wants no audio before it.
         async with asyncio.timeout(s.connect_timeout_s):
@@ -219,19 +342,28 @@ class Uplink:
             await ws.send(protocol.session_update_event(s.vad))
         while True:
             now = time.monotonic()
+            if self._stopping.is_set() and self._past_deadline():
+                reader.cancel()  # out of time to send the rest: the caller counts it
+                return
             frame = self.core.next_append(now, flush=self._stopping.is_set())
             if frame is not None:
                 await ws.send(frame)
                 continue
-            if self.core.commit_due():
+            if self.core.commit_due(now):
                 await ws.send(self.core.commit())
                 continue
-            if self._stopping.is_set():
+            if self._stopping.is_set() and not self.core.window_full:
                 await self._finish(ws, reader)
                 return
             if not self.core.wants_connection():
                 log.info("uplink: no speech for a while; closing the connection until "
                          "the next words")
+                reader.cancel()
+                return
+            if self._switch_back_due(now):
+                log.info("uplink: %s is back; moving to it", self.urls[0].split("?")[0])
+                self.endpoints.back_to_first()
+                self.core.connection_lost()  # what it did not settle is replayed there
                 reader.cancel()
                 return
             if self.core.stalled(now, s.answer_timeout_s):
@@ -251,12 +383,8 @@ class Uplink:
         still wait for.
         """
         await ws.send(self.core.commit())
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.final_timeout_s
         while (not self.core.commit_answered or self.core.segment_open) \
-                and loop.time() < deadline and not reader.done():
+                and not self._past_deadline() and not reader.done():
             await asyncio.sleep(0.05)
-        if self.core.segment_open or not self.core.commit_answered:
-            log.warning("uplink: stopped without the last transcript (waited %.0f s)",
-                        self.settings.final_timeout_s)
+        self.flushed = self.core.commit_answered and not self.core.segment_open
         reader.cancel()

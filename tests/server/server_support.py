@@ -87,8 +87,16 @@ class Driver:
     def __init__(self, session: Session, partials: bool = True):
         self.session = session
         self.partials = partials
-        self.events: list[dict[str, Any]] = list(session.start())
+        self.events: list[dict[str, Any]] = session.start()
+        # input_audio_buffer.processed, kept apart from `events`: (how many events had
+        # gone out before it, processed_ms).
+        self.processed: list[tuple[int, int]] = []
+        self._progress()
         self.jobs: list[DecodeJob] = []
+
+    def _progress(self) -> None:
+        self.processed += [(len(self.events), e["processed_ms"])
+                           for e in self.session.progress()]
 
     def send(self, message: str | bytes) -> list[dict[str, Any]]:
         before = len(self.events)
@@ -101,8 +109,10 @@ class Driver:
             self.send(append(pcm[i:i + step]))
 
     def _run(self, outputs: list[Any]) -> None:
-        # Like the server: a message's events go out before its jobs' results.
+        # Like the server: a message's events (and the watermark they moved) go out
+        # before its jobs' results.
         self.events += [o for o in outputs if isinstance(o, dict)]
+        self._progress()
         for out in outputs:
             if not isinstance(out, DecodeJob):  # events (above), Settle (nothing queued)
                 continue
@@ -175,7 +185,7 @@ def run_held_scheduler(script: Callable[[Scheduler, Deliver], Awaitable[None]],
         return "text"
 
     async def main() -> None:
-        sched = Scheduler(transcribe, queue_max=16)
+        sched = Scheduler(transcribe)
         runner = asyncio.create_task(sched.run(), name="test-dispatcher")
         finished = asyncio.Event()
 

@@ -30,7 +30,7 @@ def run_order(jobs: list[DecodeJob], expect: int, fail: str = "") -> list[Result
 
     async def submit_all(sched: Scheduler, deliver: Deliver) -> None:
         for j in jobs:
-            await sched.submit(j, deliver)
+            sched.submit(j, deliver)
 
     return run_held_scheduler(submit_all, expect, fail)
 
@@ -111,12 +111,12 @@ def test_partials_leave_a_worker_free_for_a_final() -> None:
 
     async def main() -> None:
         async with dispatching(model) as (sched, deliver, delivered):
-            await sched.submit(sized("a", "pa", 1001, final=False), deliver)
-            await sched.submit(sized("b", "pb", 1002, final=False), deliver)
+            sched.submit(sized("a", "pa", 1001, final=False), deliver)
+            sched.submit(sized("b", "pb", 1002, final=False), deliver)
             await until(lambda: model.started == [1001])
             await asyncio.sleep(0.2)
             assert model.started == [1001]  # the second partial waits: a worker stays free
-            await sched.submit(sized("c", "fc", 2001), deliver)
+            sched.submit(sized("c", "fc", 2001), deliver)
             await until(lambda: 2001 in model.started)  # the final starts beside the partial
             for n in (1001, 1002, 2001):
                 model.release(n)
@@ -132,8 +132,8 @@ def test_one_decode_per_session_at_a_time_so_results_stay_in_order() -> None:
     async def main() -> None:
         async with dispatching(model) as (sched, deliver, delivered):
             for item, n in (("a1", 3001), ("a2", 3002)):
-                await sched.submit(sized("a", item, n), deliver)
-            await sched.submit(sized("b", "b1", 4001), deliver)
+                sched.submit(sized("a", item, n), deliver)
+            sched.submit(sized("b", "b1", 4001), deliver)
             await until(lambda: sorted(model.started) == [3001, 4001])
             model.release(3002)  # a2 could finish first, were it allowed to start
             await asyncio.sleep(0.2)
@@ -146,23 +146,22 @@ def test_one_decode_per_session_at_a_time_so_results_stay_in_order() -> None:
     asyncio.run(main())
 
 
-def test_a_closed_sessions_waiting_finals_free_the_queue() -> None:
-    """forget() drops what no one will read, and a connection blocked on a full queue
-    goes on."""
+def test_a_closed_sessions_waiting_finals_are_dropped() -> None:
+    """forget() drops what no one will read; the others still run, and the queue that
+    made the server refuse new sessions drains."""
     model = HeldModel()
 
     async def main() -> None:
         async with dispatching(model) as (sched, deliver, delivered):
             sched.queue_max = 2
-            await sched.submit(sized("a", "a1", 5001), deliver)
+            sched.submit(sized("a", "a1", 5001), deliver)
             await until(lambda: model.started == [5001])  # a1 runs and holds a worker
-            await sched.submit(sized("a", "a2", 5002), deliver)
-            await sched.submit(sized("a", "a3", 5003), deliver)  # the queue is full
-            blocked = asyncio.create_task(sched.submit(sized("b", "b1", 6001), deliver))
-            await asyncio.sleep(0.2)
-            assert not blocked.done()
-            await sched.forget("a")
-            await asyncio.wait_for(blocked, 5)
+            sched.submit(sized("a", "a2", 5002), deliver)
+            sched.submit(sized("a", "a3", 5003), deliver)
+            assert sched.overloaded
+            sched.submit(sized("b", "b1", 6001), deliver)  # never blocks the caller
+            sched.forget("a")
+            assert not sched.overloaded
             await until(lambda: 6001 in model.started)
             for n in (5001, 6001):
                 model.release(n)
@@ -170,3 +169,21 @@ def test_a_closed_sessions_waiting_finals_free_the_queue() -> None:
             assert 5002 not in model.started and 5003 not in model.started
 
     asyncio.run(main())
+
+
+def test_live_rooms_finals_go_ahead_of_a_replayed_backlog() -> None:
+    """A room replaying a backlog (bulk) must not delay the live rooms' sentences."""
+
+    async def script(sched: Scheduler, deliver: Deliver) -> None:
+        sched.submit(job("z", "busy"), deliver)  # holds the worker
+        await asyncio.sleep(0.05)
+        for item in ("a1", "a2", "a3"):
+            sched.submit(job("a", item), deliver, bulk=True)
+        sched.submit(job("b", "b1"), deliver)  # a live room, later in line
+        sched.submit(job("a", "a4"), deliver, bulk=True)
+        sched.submit(job("c", "c1"), deliver)
+
+    order = [item for item, _, _ in run_held_scheduler(script, expect=7)]
+    assert order[0] == "busy"
+    assert set(order[1:3]) == {"b1", "c1"}
+    assert order[3:] == ["a1", "a2", "a3", "a4"]

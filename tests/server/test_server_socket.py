@@ -247,12 +247,21 @@ def test_two_concurrent_sessions_get_their_own_transcripts(port: int) -> None:
     assert coverage(refs[names[0]], texts[names[1]]) < 0.5
 
 
-def test_over_max_sessions_is_http_503() -> None:
+def test_over_max_sessions_says_retry_elsewhere() -> None:
+    """Together's SDK reads close code 4503 / no_healthy_workers as "go to another
+    endpoint now"; an HTTP 503 would only make it back off here."""
     with server(ServerSettings(max_sessions=1)) as p, connect(url(p), open_timeout=10) as ws:
         receive_until(ws, "session.created")
-        with pytest.raises(InvalidStatus) as info:
-            connect(url(p), open_timeout=10)
-        assert info.value.response.status_code == 503
+        with connect(url(p), open_timeout=10) as refused:
+            event = json.loads(refused.recv(timeout=10))
+            assert event["type"] == "error"
+            assert event["error"]["code"] == "no_healthy_workers"
+            with pytest.raises(ConnectionClosed) as info:
+                refused.recv(timeout=10)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 4503
+        ws.send(json.dumps({"type": "input_audio_buffer.commit"}))  # the first still works
+        answer = receive_until(ws, "error")[-1]  # it has sent nothing to transcribe
+        assert answer["error"]["code"] == "input_audio_buffer_commit_empty"
 
 
 def test_open_server_on_non_loopback_is_refused(capsys: pytest.CaptureFixture[str]) -> None:

@@ -135,16 +135,16 @@ def job(session: str, item: str, final: bool = True, spec: int = 0) -> DecodeJob
 
 def test_scheduler_runs_guesses_after_finals_and_settles_them() -> None:
     async def script(sched: Scheduler, deliver: Deliver) -> None:
-        await sched.submit(job("a", "busy"), deliver)  # holds the worker
+        sched.submit(job("a", "busy"), deliver)  # holds the worker
         await asyncio.sleep(0.05)
-        await sched.submit(job("a", "a-partial", final=False), deliver)
-        await sched.submit(job("a", "a-guess", spec=1), deliver)
-        await sched.submit(job("b", "b-stale", spec=1), deliver)
-        await sched.submit(job("b", "b1"), deliver)
-        await sched.submit(job("c", "c-kept", spec=1), deliver)
-        await sched.submit(job("c", "c-next"), deliver)  # waits behind c's guess
-        await sched.settle(Settle("b", 1, keep=False))
-        await sched.settle(Settle("c", 1, keep=True))
+        sched.submit(job("a", "a-partial", final=False), deliver)
+        sched.submit(job("a", "a-guess", spec=1), deliver)
+        sched.submit(job("b", "b-stale", spec=1), deliver)
+        sched.submit(job("b", "b1"), deliver)
+        sched.submit(job("c", "c-kept", spec=1), deliver)
+        sched.submit(job("c", "c-next"), deliver)  # waits behind c's guess
+        sched.settle(Settle("b", 1, keep=False))
+        sched.settle(Settle("c", 1, keep=True))
 
     done = [item for item, _, _ in run_held_scheduler(script, expect=6, linger_s=0.3)]
     # b's stale guess never runs; c's kept guess is a final; a's guess after every

@@ -141,3 +141,15 @@ def test_real_speech_separated_by_silence_segments_in_order() -> None:
     assert [len(t) for t in per_file[1:]] == [1, 1, 1]
     # Memory stays bounded: only audio that can still join a segment is kept.
     assert d.session.buffered_samples < 2 * RATE
+
+
+def test_a_loud_non_speech_sound_does_not_hide_the_speech_after_it() -> None:
+    """30 s of a full-scale square wave used to leave Silero's state where the next
+    seconds of speech scored ~0.01: the state is reset after 2 s of non-speech."""
+    t = np.arange(30 * RATE) / RATE
+    square = (np.sign(np.sin(2 * np.pi * 50 * t)) * 32767).astype(np.int16)
+    d = driver(partials=False)
+    d.stream(np.concatenate([square, silence(0.5), speech("jfk-44k1-stereo.wav"),
+                             silence(1.5)]))
+    text = " ".join(d.transcripts())
+    assert coverage(reference_texts()["jfk-44k1-stereo.wav"], text) >= 0.8, text

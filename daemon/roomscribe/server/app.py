@@ -13,6 +13,7 @@ import json
 import logging
 import sys
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from http import HTTPStatus
 from typing import Any
@@ -39,6 +40,32 @@ MAX_QUEUE = 4
 # Batches of events waiting for a slow client; past it the reader stops reading.
 OUT_QUEUE = 64
 CLOSE_TIMEOUT_S = 2.0
+# Together's "retry elsewhere": a client should go to its next endpoint at once.
+CLOSE_TRY_ELSEWHERE = 4503
+# Keepalive: ping every 20 s, but never close a connection for a late pong. A busy
+# peer's pong can queue behind audio, and a dead one is closed by the idle timeout.
+PING_INTERVAL_S = 20.0
+
+
+class IngestPace:
+    """Whether a client is sending faster than real time (replaying a backlog), from
+    the audio it sent over the last few seconds: its finals then yield to live rooms'.
+    Keeps one mark per second for WINDOW_S seconds."""
+
+    WINDOW_S = 4.0
+    FASTER_THAN = 1.5  # x real time
+
+    def __init__(self) -> None:
+        self._marks: deque[tuple[float, int]] = deque()
+
+    def update(self, now: float, total_samples: int) -> bool:
+        if not self._marks or now - self._marks[-1][0] >= 1.0:
+            self._marks.append((now, total_samples))
+        while len(self._marks) > 1 and now - self._marks[1][0] >= self.WINDOW_S:
+            self._marks.popleft()
+        since, then = self._marks[0]
+        span = max(now - since, 1.0)
+        return (total_samples - then) / SAMPLE_RATE_HZ > self.FASTER_THAN * span
 
 
 class _Connection(ServerConnection):
@@ -90,6 +117,9 @@ class RealtimeServer:
             first_partial_samples=settings.first_partial_ms * SAMPLE_RATE_HZ // 1000,
             partial_interval_samples=settings.partial_interval_ms * SAMPLE_RATE_HZ // 1000)
         self.served = handshake.served_names(settings.model)
+        # Closed segments a session may have waiting for the model before its socket
+        # stops being read (session_backlog_s x 32 000 bytes: 60 s = 1.9 MB a session).
+        self.backlog_samples = int(settings.session_backlog_s * SAMPLE_RATE_HZ)
         self.active = 0
         self.port = 0
         self._server: Server | None = None
@@ -104,11 +134,6 @@ class RealtimeServer:
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         result = self._check(request)
-        if not isinstance(result, handshake.HandshakeError) and \
-                self.active >= self.settings.max_sessions:
-            result = handshake.HandshakeError(
-                503, "server_busy", f"all {self.settings.max_sessions} sessions are in use; "
-                "try again later", type="server_error")
         if isinstance(result, handshake.HandshakeError):
             # The message never holds the key (nor the query, where a key may be).
             log.info("handshake from %s refused: %d %s: %s", connection.remote_address,
@@ -129,54 +154,92 @@ class RealtimeServer:
         if isinstance(params, handshake.HandshakeError):  # process_request let it by
             await ws.close(CloseCode.POLICY_VIOLATION, params.code)
             return
-        if self.active >= self.settings.max_sessions:  # raced past process_request
-            await ws.close(CloseCode.TRY_AGAIN_LATER, "server busy")
+        if self.active >= self.settings.max_sessions or self.scheduler.overloaded:
+            await self._refuse(ws)
             return
         self.active += 1
-        session = Session(params, self.limits)
+        try:
+            await self._serve(ws, Session(params, self.limits))
+        finally:
+            self.active -= 1
+
+    async def _refuse(self, ws: ServerConnection) -> None:
+        """Full: say so in Together's terms (error `no_healthy_workers`, close 4503), so
+        a client goes to another endpoint at once instead of backing off here."""
+        busy = "sessions are all in use" if self.active >= self.settings.max_sessions \
+            else "the decode queue is full"
+        log.info("refused a session from %s: %s", ws.remote_address, busy)
+        message = f"no capacity: {busy}; try another endpoint"
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(json.dumps({
+                "type": "error", "event_id": "event_refused", "message": message,
+                "error": {"type": "server_error", "code": "no_healthy_workers",
+                          "message": message, "param": None}}))
+            await ws.close(CLOSE_TRY_ELSEWHERE, "no_healthy_workers")
+
+    async def _serve(self, ws: ServerConnection, session: Session) -> None:
         outq: asyncio.Queue[list[Event]] = asyncio.Queue(OUT_QUEUE)
-        # Results of this session's jobs: at most the queued finals (queue_max, the
-        # reader stops submitting when outq is full) + one partial running + one queued.
-        results: asyncio.Queue[tuple[DecodeJob, str | None, str | None]] = asyncio.Queue(
-            self.settings.queue_max + 2)
+        # Results of this session's jobs: its finals (at most the audio backlog_samples
+        # allows, one per segment of >= min_speech) + one partial running + one queued.
+        results: asyncio.Queue[tuple[DecodeJob, str | None, str | None]] = asyncio.Queue()
+        progressed = asyncio.Event()  # a decode of this session finished
+        pace = IngestPace()
 
         def deliver(job: DecodeJob, text: str | None, error: str | None) -> None:
-            try:
-                results.put_nowait((job, text, error))
-            except asyncio.QueueFull:
-                log.error("session %s: result queue full, dropping %s", session.id,
-                          job.item_id)
+            results.put_nowait((job, text, error))
 
         tasks = [asyncio.create_task(self._send(ws, outq), name=f"ws-send-{session.id}"),
-                 asyncio.create_task(self._results(session, results, outq),
+                 asyncio.create_task(self._results(session, results, outq, progressed),
                                      name=f"ws-results-{session.id}")]
         log.info("session %s opened from %s", session.id, ws.remote_address)
+        loop = asyncio.get_running_loop()
+        idle_s = self.settings.idle_timeout_s
         try:
-            await outq.put(session.start())
-            async for message in ws:
+            await outq.put(session.start() + session.progress())
+            last_audio = loop.time()
+            while not tasks[0].done():
+                try:
+                    async with asyncio.timeout_at(last_audio + idle_s):
+                        message = await ws.recv()
+                except TimeoutError:
+                    log.info("session %s: no audio for %.0f s; closing it", session.id,
+                             idle_s)
+                    await ws.close(CloseCode.NORMAL_CLOSURE, "idle timeout")
+                    break
+                before = session.total
                 try:
                     outputs = session.receive(message)
                 except Exception:  # a bug must cost one message, not the server
                     log.exception("session %s: message failed", session.id)
                     continue
-                events = [o for o in outputs if isinstance(o, dict)]
+                if session.total != before:
+                    last_audio = loop.time()
+                bulk = pace.update(last_audio, session.total)
+                events = [o for o in outputs if isinstance(o, dict)] + session.progress()
                 if events:
                     await outq.put(events)
                 for job in outputs:  # in order: a Settle may precede the next final
                     if isinstance(job, DecodeJob):
-                        await self.scheduler.submit(job, deliver)
+                        if bulk and not job.final:
+                            continue  # a delta of replayed speech is old news: save the CPU
+                        self.scheduler.submit(job, deliver, bulk=bulk)
                     elif isinstance(job, Settle):
-                        await self.scheduler.settle(job)
-                if tasks[0].done():
-                    break
+                        self.scheduler.settle(job)
+                # A client that sends far ahead of what is decoded (it ignores
+                # `processed`) waits here: TCP backpressure, bounded memory.
+                if session.awaiting_samples > self.backlog_samples:
+                    while session.awaiting_samples > self.backlog_samples and \
+                            not tasks[0].done():
+                        progressed.clear()
+                        await progressed.wait()
+                    last_audio = loop.time()  # we made it wait: not idle
         except ConnectionClosed:
             pass
         finally:
-            await self.scheduler.forget(session.id)
+            self.scheduler.forget(session.id)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self.active -= 1
             log.info("session %s closed (%s)", session.id, ws.close_code)
 
     @staticmethod
@@ -191,14 +254,16 @@ class RealtimeServer:
     @staticmethod
     async def _results(session: Session,
                        results: asyncio.Queue[tuple[DecodeJob, str | None, str | None]],
-                       outq: asyncio.Queue[list[Event]]) -> None:
+                       outq: asyncio.Queue[list[Event]], progressed: asyncio.Event) -> None:
         while True:
             job, text, error = await results.get()
             try:
                 events = [o for o in session.decoded(job, text, error) if isinstance(o, dict)]
+                events += session.progress()
             except Exception:
                 log.exception("session %s: result failed", session.id)
                 continue
+            progressed.set()
             if events:
                 await outq.put(events)
 
@@ -213,6 +278,7 @@ class RealtimeServer:
             select_subprotocol=self.select_subprotocol, create_connection=_Connection,
             logger=_WebsocketsLog(logging.getLogger("websockets.server")),
             max_size=self.settings.max_message_bytes, max_queue=MAX_QUEUE,
+            ping_interval=PING_INTERVAL_S, ping_timeout=None,
             close_timeout=CLOSE_TIMEOUT_S)
         sockets = list(self._server.sockets)
         self.port = int(sockets[0].getsockname()[1]) if sockets else 0

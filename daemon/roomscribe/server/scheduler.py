@@ -10,8 +10,12 @@ final is running. A session has at most one decode running, so its results stay 
 order.
 A speculative final waits in its session's line of finals but only runs when no
 session's next job is a real final, until `settle()` makes it one (kept) or drops it
-(stale). Finals are never dropped: when `queue_max` finals wait, `submit()` blocks
-the submitting connection, which stops reading its socket (TCP backpressure).
+(stale). Finals are never dropped, and `submit()` never blocks: a connection that
+stopped reading its socket would stop answering pings and echoes too. Each connection
+bounds its own backlog instead (RealtimeServer.backlog_samples); past `queue_max`
+queued finals the server is `overloaded` and refuses new sessions.
+Live rooms first: a session replaying a backlog (sending faster than real time) has
+its jobs marked `bulk`, and any other session's due final goes ahead of them.
 Partials are cheap to lose: each session has at most one queued, and a newer one
 replaces it.
 """
@@ -40,6 +44,7 @@ class _Queued:
     job: DecodeJob
     deliver: Deliver
     due: bool = True  # False: an unsettled speculative final
+    bulk: bool = False  # from a session replaying a backlog: live rooms go first
 
 
 class Scheduler:
@@ -48,16 +53,16 @@ class Scheduler:
         self._transcribe = transcribe
         self.queue_max = queue_max
         self.workers = workers
-        # Finals waiting, per session, in submission order. At most queue_max jobs in
-        # all; each holds its segment's int16 audio: a 5 s segment is 160 kB, so the
-        # default 32 x 5 s is 5.1 MB (worst case 32 x session_buffer_s x 32 000 B).
+        # Finals waiting, per session, in submission order; each holds its segment's
+        # int16 audio. A session holds at most session_backlog_s of it before its socket
+        # waits (60 s = 1.9 MB), so at most max_sessions x 1.9 MB (16 sessions: 31 MB).
         self._finals: dict[str, deque[_Queued]] = {}
         # At most one partial per session (newest wins): max_sessions x one segment.
         self._partials: dict[str, _Queued] = {}
         self._count = 0
         # Sessions with a decode in progress -> whether it is a partial.
         self._running: dict[str, bool] = {}
-        self._changed = asyncio.Condition()
+        self._changed = asyncio.Event()  # something to reconsider: a job or a free worker
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="roomscribe-asr")
         # Decoding time and count by kind ("final", "speculative", "partial"): for the
@@ -65,52 +70,60 @@ class Scheduler:
         self.busy_s: defaultdict[str, float] = defaultdict(float)
         self.decodes: defaultdict[str, int] = defaultdict(int)
 
-    async def submit(self, job: DecodeJob, deliver: Deliver) -> None:
-        async with self._changed:
-            if job.final:
-                await self._changed.wait_for(lambda: self._count < self.queue_max)
-                self._finals.setdefault(job.session_id, deque()).append(
-                    _Queued(job, deliver, due=not job.spec))
-                self._count += 1
-                stale = self._partials.get(job.session_id)
-                if not job.spec and stale is not None and stale.job.item_id == job.item_id:
-                    del self._partials[job.session_id]
-            else:
-                self._partials.pop(job.session_id, None)  # a stale hypothesis
-                self._partials[job.session_id] = _Queued(job, deliver)
-            self._changed.notify_all()
+    @property
+    def queued(self) -> int:
+        return self._count
 
-    async def settle(self, settle: Settle) -> None:
+    @property
+    def overloaded(self) -> bool:
+        """So many finals wait that a new session would not be served in time."""
+        return self._count >= self.queue_max
+
+    def submit(self, job: DecodeJob, deliver: Deliver, bulk: bool = False) -> None:
+        if job.final:
+            self._finals.setdefault(job.session_id, deque()).append(
+                _Queued(job, deliver, due=not job.spec, bulk=bulk))
+            self._count += 1
+            stale = self._partials.get(job.session_id)
+            if not job.spec and stale is not None and stale.job.item_id == job.item_id:
+                del self._partials[job.session_id]
+        else:
+            self._partials.pop(job.session_id, None)  # a stale hypothesis
+            self._partials[job.session_id] = _Queued(job, deliver, bulk=bulk)
+        self._changed.set()
+
+    def settle(self, settle: Settle) -> None:
         """A speculative final is now due like a final, or is dropped if still queued."""
-        async with self._changed:
-            queue = self._finals.get(settle.session_id, deque())
-            for queued in queue:
-                if queued.job.spec == settle.spec:
-                    if settle.keep:
-                        queued.due = True
-                    else:
-                        queue.remove(queued)
-                        self._count -= 1
-                        if not queue:
-                            del self._finals[settle.session_id]
-                    self._changed.notify_all()
-                    break
+        queue = self._finals.get(settle.session_id, deque())
+        for queued in queue:
+            if queued.job.spec == settle.spec:
+                if settle.keep:
+                    queued.due = True
+                else:
+                    queue.remove(queued)
+                    self._count -= 1
+                    if not queue:
+                        del self._finals[settle.session_id]
+                self._changed.set()
+                break
 
-    async def forget(self, session_id: str) -> None:
+    def forget(self, session_id: str) -> None:
         """Drop a closed session's waiting jobs (no one is left to read them)."""
-        async with self._changed:
-            self._count -= len(self._finals.pop(session_id, ()))
-            self._partials.pop(session_id, None)
-            self._changed.notify_all()  # room for a blocked submit()
+        self._count -= len(self._finals.pop(session_id, ()))
+        self._partials.pop(session_id, None)
+        self._changed.set()
 
     def _choose(self) -> tuple[str, bool] | None:
         """The next job to run as (session, is_final), without taking it: a due final
-        first, then a speculative one, then a partial; never a session already being
-        decoded. Dicts keep insertion order, and a served session moves to the back."""
+        first (a live room's before a replaying one's), then a speculative one, then a
+        partial; never a session already being decoded. Dicts keep insertion order, and
+        a served session moves to the back."""
         idle = [sid for sid in self._finals if sid not in self._running]
-        due = [sid for sid in idle if self._finals[sid][0].due]
-        if due or idle:
-            return (due or idle)[0], True
+        if idle:
+            def rank(sid: str) -> tuple[bool, bool]:
+                head = self._finals[sid][0]
+                return not head.due, head.bulk
+            return min(idle, key=rank), True
         # Partials leave one worker free, so a final never waits behind partials of
         # other rooms: only one final, at most, can be ahead of it.
         if sum(self._running.values()) >= max(1, self.workers - 1):
@@ -137,13 +150,11 @@ class Scheduler:
         """The dispatcher: up to `workers` decodes at a time, forever (cancel to stop)."""
         async with asyncio.TaskGroup() as group:
             while True:
-                async with self._changed:
-                    await self._changed.wait_for(
-                        lambda: len(self._running) < self.workers
-                        and self._choose() is not None)
-                    queued = self._take()
-                    self._running[queued.job.session_id] = not queued.job.final
-                    self._changed.notify_all()  # room for a blocked submit()
+                while len(self._running) >= self.workers or self._choose() is None:
+                    self._changed.clear()
+                    await self._changed.wait()
+                queued = self._take()
+                self._running[queued.job.session_id] = not queued.job.final
                 group.create_task(self._decode(queued), name="asr-decode")
 
     async def _decode(self, queued: _Queued) -> None:
@@ -171,8 +182,7 @@ class Scheduler:
                 log.exception("delivering %s failed", job.item_id)
         finally:
             self._running.pop(job.session_id, None)
-            async with self._changed:
-                self._changed.notify_all()
+            self._changed.set()
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -28,8 +28,7 @@ once if already answered); if speech resumes first or the close differs, it is d
   With turn detection off, a commit's segment is everything since the previous
   commit (or clear), up to the last sample received. A commit with nothing to
   transcribe (no speech since the last segment; with turn detection off, under 100 ms
-  of audio) is answered with OpenAI's `input_audio_buffer_commit_empty` error; with
-  turn detection on it carries `audio_end_ms`: everything before it is settled.
+  of audio) is answered with OpenAI's `input_audio_buffer_commit_empty` error.
 
 Rates. A client may send 8, 16 or 24 kHz (`input_audio_format`); everything else here
 is 16 kHz: audio is resampled on arrival, one soxr stream per session, so a sample
@@ -89,6 +88,10 @@ class Settle:
 
 
 Output = Event | DecodeJob | Settle
+
+# `input_audio_buffer.processed` goes out when the watermark has moved this far (or a
+# final, commit or clear moved it at all): twice a second of streamed audio at most.
+PROCESSED_STEP_SAMPLES = SAMPLE_RATE_HZ // 2
 
 
 @dataclass
@@ -155,6 +158,9 @@ class Session:
         self._spec: _Spec | None = None
         self._spec_seq = 0
         self._events = 0
+        self._processed_sent = 0  # the last watermark announced (samples)
+        self._processed_due = False  # a final, commit or clear: announce any move
+        self._processed_announced = False
 
     # -- public ------------------------------------------------------------------
     @property
@@ -164,6 +170,46 @@ class Session:
     @property
     def buffered_samples(self) -> int:
         return len(self._buf) // BYTES_PER_SAMPLE
+
+    @property
+    def watermark(self) -> int:
+        """Every sample before this is done: no decode will read it again, and every
+        transcript that covers it has been handed out (Together's `processed_ms`)."""
+        if self._vad is not None:
+            mark = min(self._vad.segmenter.keep_from, self.total)
+        else:
+            mark = self._buf_start  # a commit will read everything since
+        for item in self._awaiting:
+            mark = min(mark, self._ranges.get(item, (mark, mark))[0])
+        for _, start in self._started:
+            mark = min(mark, start)
+        return max(mark, 0)
+
+    @property
+    def unprocessed_samples(self) -> int:
+        """Audio received but not yet done: what the client may have to wait for."""
+        return self.total - self.watermark
+
+    @property
+    def awaiting_samples(self) -> int:
+        """Audio of closed segments waiting for (or in) their final decode."""
+        return sum(end - start for start, end in
+                   (self._ranges.get(item, (0, 0)) for item in self._awaiting))
+
+    def progress(self) -> list[Event]:
+        """`input_audio_buffer.processed` if the watermark moved enough since the last
+        one. Call it after `receive()`/`decoded()`: it must follow the `completed`
+        events of what it covers, which those calls return."""
+        mark = self.watermark
+        moved = mark - self._processed_sent
+        step = 1 if self._processed_due else PROCESSED_STEP_SAMPLES
+        self._processed_due = False
+        if self._processed_announced and moved < step:
+            return []
+        # The first one (0 ms, with session.created) tells the client we send them.
+        self._processed_announced = True
+        self._processed_sent = mark
+        return [self._event("input_audio_buffer.processed", processed_ms=_floor_ms(mark))]
 
     def start(self) -> list[Event]:
         return [self._event("session.created", session=self._describe())]
@@ -188,7 +234,8 @@ class Session:
             if kind == "input_audio_buffer.append":
                 return self._append(msg)
             if kind == "input_audio_buffer.commit":
-                return self._commit(client_event_id)
+                # The resampler's tail first, so the commit covers every sample sent.
+                return [*self._flush_resampler(), *self._commit(client_event_id)]
             if kind == "echo":
                 return self._echo(msg)
             if kind == "input_audio_buffer.clear":
@@ -228,6 +275,7 @@ class Session:
         return self._finish(job.item_id, transcript, error)
 
     def _finish(self, item: str, transcript: str | None, error: str | None) -> list[Output]:
+        self._processed_due = True
         if item in self._awaiting:
             self._awaiting.remove(item)
         start, end = self._ranges.pop(item, (0, 0))
@@ -281,18 +329,19 @@ class Session:
         return out
 
     def _commit(self, client_event_id: str | None = None) -> list[Output]:
-        out = self._flush_resampler()
+        self._processed_due = True
+        out: list[Output] = []
         if self._vad is not None:
             out += self._on_vad(self._vad.segmenter.flush(self.total))
+            self._vad.reset()  # what follows a commit is a new stream
             if not any(isinstance(o, dict) and o["type"] == "input_audio_buffer.committed"
                        for o in out):
                 # Not an empty transcript: a client could not tell it from speech
-                # that came out as nothing. The code says which case this is, and
-                # audio_end_ms (not OpenAI's) that all audio before it is settled.
-                error = self._error(COMMIT_EMPTY, "nothing to commit: no speech since "
-                                    f"the last segment (audio to {_ceil_ms(self.total)} "
-                                    "ms is done)", None, client_event_id)
-                out.append({**error, "audio_end_ms": _ceil_ms(self.total)})
+                # that came out as nothing. The code says which case this is; the
+                # `processed` watermark says that the audio before it is settled.
+                out.append(self._error(COMMIT_EMPTY, "nothing to commit: no speech since "
+                                       f"the last segment (audio to {_ceil_ms(self.total)} "
+                                       "ms is done)", None, client_event_id))
             self._trim()
             return out
         held = self.total - self._buf_start
@@ -317,10 +366,11 @@ class Session:
         self._resampler = None if rate_hz == SAMPLE_RATE_HZ else Converter(rate_hz, 1)
 
     def _flush_resampler(self) -> list[Output]:
-        """The resampler's held tail, so a commit covers every sample sent."""
+        """The resampler's held tail (its filter delay), on the timeline now."""
         return [] if self._resampler is None else self._ingest(self._resampler.flush())
 
     def _clear(self) -> list[Output]:
+        self._processed_due = True
         out = self._flush_resampler()  # on the timeline, then dropped with the rest
         out += self._drop_spec()
         if self._vad is not None:

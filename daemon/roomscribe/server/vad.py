@@ -340,20 +340,47 @@ class Segmenter:
 
 
 class StreamingVad:
-    """Silero probabilities and segmentation for audio arriving in pieces of any size."""
+    """Silero probabilities and segmentation for audio arriving in pieces of any size.
+
+    The model's LSTM state is reset after RESET_AFTER_QUIET_S of non-speech and on
+    `reset()` (a commit): a long loud non-speech sound (30 s of a full-scale square
+    wave) otherwise leaves the state where the next seconds of speech score ~0.01."""
+
+    RESET_AFTER_QUIET_S = 2.0
 
     def __init__(self, params: VadParams, origin: int = 0, cap_samples: int | None = None):
         self.segmenter = Segmenter(params, origin, cap_samples)
         self._silero = SileroStream()
         # Fewer than 512 samples waiting for the rest of their window.
         self._tail = np.zeros(0, dtype=np.float32)
+        self._quiet = 0  # windows in a row below the segmenter's non-speech level
+
+    def reset(self) -> None:
+        self._silero.reset()
+        self._quiet = 0
 
     def feed(self, pcm: npt.NDArray[np.int16]) -> list[VadEvent]:
         audio = np.concatenate([self._tail, pcm.astype(np.float32) / 32768.0])
         full = len(audio) // WINDOW * WINDOW
         self._tail = audio[full:]
-        probs = self._silero.probabilities(audio[:full].reshape(-1, WINDOW))
         events: list[VadEvent] = []
-        for prob in probs:
+        for prob in self._probabilities(audio[:full].reshape(-1, WINDOW)):
             events += self.segmenter.push(float(prob))
         return events
+
+    def _probabilities(self, windows: npt.NDArray[np.float32]) -> list[float]:
+        reset_after = int(self.RESET_AFTER_QUIET_S * SAMPLE_RATE_HZ) // WINDOW
+        quiet_below = max(self.segmenter.params.threshold - 0.15, 0.01)
+        out: list[float] = []
+        while len(windows):
+            probs = self._silero.probabilities(windows)
+            for i, prob in enumerate(probs):
+                out.append(float(prob))
+                self._quiet = self._quiet + 1 if prob < quiet_below else 0
+                if self._quiet >= reset_after:
+                    self.reset()  # the windows after this one need the fresh state
+                    windows = windows[i + 1:]
+                    break
+            else:
+                break
+        return out
