@@ -205,9 +205,16 @@ def test_openai_ga_session_update_gets_session_updated_in_ga_shape() -> None:
     assert inp["transcription"]["model"] == "gpt-4o-transcribe"
     assert inp["turn_detection"]["speech_pad_ms"] == 300
     assert inp["turn_detection"]["min_silence_duration_ms"] == 500
-    [err] = d.send(json.dumps({"type": "session.update", "session": {
-        "type": "transcription", "audio": {"input": {"format": {"type": "audio/pcmu"}}}}}))
-    assert err["error"]["code"] == "invalid_audio_format"
+    [back] = d.send(json.dumps({"type": "session.update", "session": {
+        "audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000.0}}}}}))
+    assert back["session"]["audio"]["input"]["format"]["rate"] == 16000
+    assert d.session.audio_format == "pcm_s16le_16000"
+    for bad in ({"type": "audio/pcmu"}, {"type": "audio/pcm", "rate": 44100},
+                {"type": "audio/pcm", "rate": True}):
+        [err] = d.send(json.dumps({"type": "session.update", "session": {
+            "type": "transcription", "audio": {"input": {"format": bad}}}}))
+        assert err["error"]["code"] == "invalid_audio_format"
+    assert d.session.audio_format == "pcm_s16le_16000"  # a refused update changes nothing
     [err] = d.send(json.dumps({"type": "session.update", "session": {"type": "realtime"}}))
     assert err["error"]["code"] == "invalid_value" and "transcri" in err["message"]
 

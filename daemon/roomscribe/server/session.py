@@ -611,11 +611,11 @@ def _find_format(session: dict[str, Any]) -> str | None:
         return None
     rate = fmt.get("rate", 24000) if isinstance(fmt, dict) else None
     if (not isinstance(fmt, dict) or fmt.get("type", "audio/pcm") != "audio/pcm"
-            or rate not in (8000, 16000, 24000)):
+            or isinstance(rate, bool) or rate not in (8000, 16000, 24000)):
         raise BadRequest("invalid_audio_format", f"audio.input.format {fmt!r} is not "
                          "supported; use {'type': 'audio/pcm', 'rate': 24000}",
                          "session.audio.input.format")
-    return "pcm16" if rate == 24000 else f"pcm_s16le_{rate}"
+    return "pcm16" if rate == 24000 else f"pcm_s16le_{int(rate)}"
 
 
 def _find_model(session: dict[str, Any]) -> str | None:
