@@ -144,9 +144,11 @@ def cmd_serve(_settings: Settings, args: argparse.Namespace) -> int:
         print(f"roomscribe serve needs the server extra (pip install 'roomscribe[server]'): "
               f"{exc}", file=sys.stderr)
         return 2
-    argv = args.rest
-    if args.config:
-        argv = ["--config", args.config, *argv]
+    argv = ["--config", args.config] if args.config else []
+    if args.host is not None:
+        argv += ["--host", args.host]
+    if args.port is not None:
+        argv += ["--port", str(args.port)]
     return serve_main(argv)
 
 
@@ -179,7 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("forget", "remove the device from Home Assistant and clear its retained "
         "MQTT messages (stop the daemon first)").set_defaults(func=cmd_forget)
     serve = add("serve", "run the self-hosted realtime transcription server")
-    serve.add_argument("rest", nargs=argparse.REMAINDER, help="--host H --port P")
+    # Declared here, not passed through: argparse's REMAINDER in a subcommand refuses
+    # options that come first ("unrecognized arguments").
+    serve.add_argument("--host", help="address to listen on (overrides server.host)")
+    serve.add_argument("--port", type=int, help="port to listen on (overrides server.port)")
     serve.set_defaults(func=cmd_serve)
     return parser
 

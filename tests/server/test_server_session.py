@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from server_support import (
+    DEFAULT_VAD,
     FILES,
     RATE,
     Driver,
@@ -105,6 +107,8 @@ def test_failed_event_when_decoding_fails() -> None:
     assert failed["type"] == "conversation.item.input_audio_transcription.failed"
     assert failed["item_id"] == job.item_id and failed["event_id"]
     assert set(failed["error"]) >= {"message", "type", "param", "code"}
+    # Together's marker of a failure of one turn (the session goes on): no close.
+    assert failed["event_type"] == "completed" and failed["duration"] > 1.0
 
 
 # -- client events ---------------------------------------------------------------------
@@ -135,12 +139,26 @@ def test_commit_in_vad_mode_closes_the_open_segment() -> None:
     assert coverage(reference_texts()["lj002-0020-22k05.wav"], new[-1]["transcript"]) >= 0.8
 
 
-def test_commit_of_silence_answers_with_an_empty_transcript() -> None:
-    d = driver()
-    d.stream(silence(1.0))
-    new = d.send(COMMIT)
-    assert [e["type"] for e in new] == ["input_audio_buffer.committed", COMPLETED]
-    assert new[1]["transcript"] == "" and new[1]["audio_end_ms"] == 1000
+@pytest.mark.parametrize("vad", [DEFAULT_VAD, None])
+def test_commit_with_nothing_to_transcribe_is_commit_empty(vad: VadParams | None) -> None:
+    d = driver(vad=vad)
+    d.stream(silence(1.0) if vad else silence(0.05))
+    [err] = d.send(json.dumps({"type": "input_audio_buffer.commit", "event_id": "c1"}))
+    assert err["type"] == "error" and err["message"] == err["error"]["message"]
+    assert err["error"]["code"] == "input_audio_buffer_commit_empty"
+    assert err["error"]["event_id"] == "c1"
+    assert not d.of(COMPLETED) and not d.of("input_audio_buffer.committed")
+    if vad is None:  # too little is kept for the next commit, as OpenAI does
+        d.stream(speech("lj002-0035-22k05.wav"))
+        done = d.send(COMMIT)[-1]
+        assert done["audio_start_ms"] == 0 and done["type"] == COMPLETED
+
+
+def test_commit_after_the_last_segment_closed_is_commit_empty() -> None:
+    d = driver(partials=False)
+    d.stream(np.concatenate([silence(0.5), speech("lj002-0035-22k05.wav"), silence(1.5)]))
+    assert len(d.of(COMPLETED)) == 1
+    assert [e["error"]["code"] for e in d.send(COMMIT)] == ["input_audio_buffer_commit_empty"]
 
 
 def test_clear_drops_buffered_audio() -> None:
@@ -160,12 +178,97 @@ def test_session_update_changes_vad_and_is_acknowledged(kind: str) -> None:
     d = driver()
     new = d.send(json.dumps({"type": kind, "session": {"turn_detection": {
         "type": "server_vad", "threshold": 0.5, "min_silence_duration_ms": 800}}}))
-    assert [e["type"] for e in new] == ["transcription_session.updated"]
-    td = new[0]["session"]["turn_detection"]
+    reply = "session.updated" if kind == "session.update" else "transcription_session.updated"
+    assert [e["type"] for e in new] == [reply]
+    session = new[0]["session"]
+    td = (session["audio"]["input"]["turn_detection"] if kind == "session.update"
+          else session["turn_detection"])
     assert td["threshold"] == 0.5 and td["min_silence_duration_ms"] == 800
     assert td["speech_pad_ms"] == 250  # unchanged fields keep their values
     off = d.send(json.dumps({"type": kind, "session": {"turn_detection": None}}))
-    assert off[-1]["session"]["turn_detection"] is None
+    assert d.session.turn_detection is None and off[-1]["type"] == reply
+
+
+def test_openai_ga_session_update_gets_session_updated_in_ga_shape() -> None:
+    d = driver()
+    [reply] = d.send(json.dumps({"type": "session.update", "session": {
+        "type": "transcription", "audio": {"input": {
+            "format": {"type": "audio/pcm", "rate": 24000},
+            "transcription": {"model": "gpt-4o-transcribe"},
+            "turn_detection": {"type": "server_vad", "threshold": 0.5,
+                               "prefix_padding_ms": 300, "silence_duration_ms": 500}}}}}))
+    assert reply["type"] == "session.updated"
+    session = reply["session"]
+    assert session["type"] == "transcription" and session["id"] == d.session.id
+    inp = session["audio"]["input"]
+    assert inp["format"] == {"type": "audio/pcm", "rate": 24000}
+    assert inp["transcription"]["model"] == "gpt-4o-transcribe"
+    assert inp["turn_detection"]["speech_pad_ms"] == 300
+    assert inp["turn_detection"]["min_silence_duration_ms"] == 500
+    [back] = d.send(json.dumps({"type": "session.update", "session": {
+        "audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000.0}}}}}))
+    assert back["session"]["audio"]["input"]["format"]["rate"] == 16000
+    assert d.session.audio_format == "pcm_s16le_16000"
+    for bad in ({"type": "audio/pcmu"}, {"type": "audio/pcm", "rate": 44100},
+                {"type": "audio/pcm", "rate": True}):
+        [err] = d.send(json.dumps({"type": "session.update", "session": {
+            "type": "transcription", "audio": {"input": {"format": bad}}}}))
+        assert err["error"]["code"] == "invalid_audio_format"
+    assert d.session.audio_format == "pcm_s16le_16000"  # a refused update changes nothing
+    [err] = d.send(json.dumps({"type": "session.update", "session": {"type": "realtime"}}))
+    assert err["error"]["code"] == "invalid_value" and "transcri" in err["message"]
+
+
+def test_echo_is_answered_with_its_id_payload_and_times() -> None:
+    s = Session(params(), clock=lambda: 1234.5)
+    [reply] = s.receive(json.dumps({"type": "echo", "echo_id": 17, "payload": {"n": [1]},
+                                    "client_sent_at": 99}))
+    assert reply["type"] == "echo.response" and reply["echo_id"] == 17
+    assert reply["payload"] == {"n": [1]} and reply["client_sent_at"] == 99
+    assert reply["server_received_at"] == 1234.5
+
+
+def rate_speech(name: str, rate: int) -> np.ndarray:
+    """A recording resampled straight from its file to `rate`, as a client would."""
+    import wave
+
+    import soxr
+
+    from server_support import AUDIO_DIR
+
+    with wave.open(str(AUDIO_DIR / name)) as w:
+        raw = np.frombuffer(w.readframes(w.getnframes()), np.int16)
+        mono = raw.reshape(-1, w.getnchannels()).astype(np.float32).mean(axis=1)
+        src = w.getframerate()
+    out = soxr.resample(mono, src, rate) if src != rate else mono
+    return np.asarray(np.clip(np.rint(out), -32768, 32767), dtype=np.int16)
+
+
+@pytest.mark.parametrize(("audio_format", "rate"), [
+    ("pcm_s16le_8000", 8000), ("pcm_s16le_24000", 24000), ("pcm16", 24000)])
+def test_other_rates_are_resampled_on_the_clients_timeline(audio_format: str,
+                                                           rate: int) -> None:
+    """The same recording at 8 or 24 kHz: the words, and every *_ms and start/duration
+    on the client's own clock (the 16 kHz session's values, within a few ms)."""
+    name = "lj002-0035-22k05.wav"
+    base = driver(partials=False)
+    base.stream(np.concatenate([silence(0.7), speech(name), silence(1.5)]))
+    p = replace(params(), input_audio_format=audio_format)
+    d = Driver(Session(p), partials=False)
+    pcm = np.concatenate([np.zeros(int(0.7 * rate), np.int16), rate_speech(name, rate),
+                          np.zeros(int(1.5 * rate), np.int16)])
+    step = rate // 10
+    for i in range(0, len(pcm), step):
+        d.send(append(pcm[i:i + step]))
+    [want], [got] = base.of(COMPLETED), d.of(COMPLETED)
+    assert coverage(reference_texts()[name], got["transcript"]) >= 0.8
+    for key in ("audio_start_ms", "audio_end_ms"):
+        assert abs(got[key] - want[key]) <= 40, (key, got, want)
+    assert got["start"] == got["audio_start_ms"] / 1000
+    assert abs(got["start"] + got["duration"] - got["audio_end_ms"] / 1000) < 0.002
+    # After a commit every sample sent is on the timeline: no resampler tail held back.
+    d.send(COMMIT)
+    assert d.session.total == round(len(pcm) * RATE / rate)
 
 
 def test_switching_vad_off_then_on_segments_the_buffered_audio() -> None:
@@ -209,7 +312,7 @@ def test_bad_input_is_an_error_event_and_the_session_goes_on(
     assert err["type"] == "error" and err["event_id"]
     assert err["error"]["type"] == "invalid_request_error"
     assert err["error"]["code"] == code and err["error"]["param"] == param
-    assert err["error"]["message"]
+    assert err["error"]["message"] and err["message"] == err["error"]["message"]
     d.stream(speech("lj002-0035-22k05.wav"))
     assert coverage(reference_texts()["lj002-0035-22k05.wav"],
                     d.send(COMMIT)[-1]["transcript"]) >= 0.8

@@ -73,11 +73,60 @@ def test_handshake_auth_by_header_or_subprotocol() -> None:
     assert check(auth=None, tokens=()).model  # no tokens configured: anyone
 
 
+@pytest.mark.parametrize("value", [f"Bearer%20{KEY}", f"Bearer+{KEY}", f"bearer%20{KEY}"])
+def test_handshake_auth_by_query(value: str) -> None:
+    assert isinstance(check(f"{QUERY}&authorization={value}", auth=None),
+                      handshake.ConnectParams)
+    assert check(f"{QUERY}&authorization=Bearer%20nope", auth=None).code == "invalid_api_key"
+
+
+def test_handshake_two_authorization_headers_is_400() -> None:
+    err = check(auth=[f"Bearer {KEY}", f"Bearer {KEY}"])
+    assert (err.status, err.code) == (400, "invalid_request") and KEY not in err.message
+
+
+def test_raw_spaces_in_the_request_target_are_mended() -> None:
+    line = f"GET /v1/realtime?{QUERY}&authorization=Bearer {KEY} HTTP/1.1".encode()
+    mended = handshake.repair_request_line(line)
+    assert mended == f"GET /v1/realtime?{QUERY}&authorization=Bearer%20{KEY} HTTP/1.1".encode()
+    well_formed = b"GET /v1/realtime?model=x HTTP/1.1"
+    assert handshake.repair_request_line(well_formed) == well_formed
+
+
+@pytest.mark.parametrize("model", ["whisper-1", "openai/whisper-large-v3", "gpt-4o-transcribe",
+                                   "gpt-4o-mini-transcribe", "gpt-realtime", "tiny.en",
+                                   "TINY.EN"])
+def test_handshake_accepts_openai_models_and_the_served_name(model: str) -> None:
+    assert check(f"model={model}&input_audio_format=pcm_s16le_16000").model == model
+
+
+def test_handshake_served_names_follow_the_configured_model() -> None:
+    assert handshake.served_names("") == ("tiny.en",)
+    assert handshake.served_names("/models/base.en/") == ("/models/base.en/", "base.en")
+    p = handshake.check(f"/v1/realtime?model=base.en&{QUERY[QUERY.index('&') + 1:]}",
+                        None, (), (), served=handshake.served_names("/m/base.en"))
+    assert isinstance(p, handshake.ConnectParams)
+
+
+@pytest.mark.parametrize(("audio_format", "rate"), [
+    ("pcm_s16le_8000", 8000), ("pcm_s16le_16000", 16000), ("pcm_s16le_24000", 24000),
+    ("pcm16", 24000), ("pcm_s16", 24000), ("pcm_s16le", 24000)])
+def test_handshake_formats_and_their_rates(audio_format: str, rate: int) -> None:
+    assert check(f"model=whisper-1&input_audio_format={audio_format}").rate_hz == rate
+
+
+def test_handshake_openai_defaults_no_format_and_intent_alone() -> None:
+    p = check("model=gpt-4o-transcribe")  # OpenAI's SDKs send no format: pcm16, 24 kHz
+    assert (p.input_audio_format, p.rate_hz) == ("pcm16", 24000)
+    p = check("intent=transcription")  # OpenAI's transcription URL names no model
+    assert p.model == "tiny.en"
+
+
 @pytest.mark.parametrize(("query", "code"), [
     ("input_audio_format=pcm_s16le_16000", "model_not_available"),
     ("model=gpt-4o&input_audio_format=pcm_s16le_16000", "model_not_available"),
-    ("model=whisper-1", "invalid_audio_format"),
-    ("model=whisper-1&input_audio_format=pcm_s16le_24000", "invalid_audio_format"),
+    ("model=whisper-1&input_audio_format=pcm_s16le_44100", "invalid_audio_format"),
+    ("model=whisper-1&input_audio_format=g711_ulaw", "invalid_audio_format"),
 ])
 def test_handshake_400s(query: str, code: str) -> None:
     err = check(query)
@@ -150,6 +199,17 @@ def test_socket_handshake_errors_are_http_json(port: int, query: str, headers: d
     assert error["code"] == code and error["message"] and error["type"]
 
 
+def test_socket_two_authorization_headers_is_400_not_500(port: int) -> None:
+    from websockets.datastructures import Headers
+
+    headers = Headers([("Authorization", f"Bearer {KEY}"), ("Authorization", "Bearer x")])
+    with pytest.raises(InvalidStatus) as info:
+        connect(url(port), additional_headers=headers, open_timeout=10)
+    response = info.value.response
+    assert response.status_code == 400
+    assert json.loads(response.body)["error"]["code"] == "invalid_request"
+
+
 def test_socket_bad_input_then_the_session_goes_on(port: int) -> None:
     with connect(url(port), additional_headers={"Authorization": f"Bearer {KEY}"},
                  open_timeout=10) as ws:
@@ -201,7 +261,8 @@ def test_over_max_sessions_says_retry_elsewhere() -> None:
                 refused.recv(timeout=10)
         assert info.value.rcvd is not None and info.value.rcvd.code == 4503
         ws.send(json.dumps({"type": "input_audio_buffer.commit"}))  # the first still works
-        receive_until(ws, "input_audio_buffer.committed")
+        answer = receive_until(ws, "error")[-1]  # it has sent nothing to transcribe
+        assert answer["error"]["code"] == "input_audio_buffer_commit_empty"
 
 
 def test_silent_sockets_are_closed_so_they_cannot_lock_rooms_out() -> None:

@@ -11,16 +11,19 @@ import asyncio
 import contextlib
 import json
 import logging
+import sys
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from http import HTTPStatus
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
-from websockets.http11 import Request, Response
+from websockets.http11 import MAX_LINE_LENGTH, Request, Response
 from websockets.typing import Subprotocol
 
 from ..audio import SAMPLE_RATE_HZ
@@ -65,6 +68,45 @@ class IngestPace:
         return (total_samples - then) / SAMPLE_RATE_HZ > self.FASTER_THAN * span
 
 
+class _Connection(ServerConnection):
+    """Mends a request line whose target holds raw spaces (see
+    `handshake.repair_request_line`) before websockets parses it. Holds at most
+    MAX_LINE_LENGTH (8 KiB) bytes until the first line is complete, websockets' own limit
+    for it; past that the bytes go on as they are and websockets refuses them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head: bytearray | None = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        if self._head is None:
+            super().data_received(data)
+            return
+        self._head += data
+        end = self._head.find(b"\r\n")
+        if end < 0 and len(self._head) <= MAX_LINE_LENGTH:
+            return
+        head, self._head = bytes(self._head), None
+        if end >= 0:
+            head = handshake.repair_request_line(head[:end]) + head[end:]
+        super().data_received(head)
+
+
+class _WebsocketsLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """websockets logs a request it cannot read (a port probe, a client that is not
+    HTTP) as an ERROR with a traceback; a server log wants one INFO line with why."""
+
+    # log(), not error(): each connection wraps this in an adapter of its own, whose
+    # error() ends up here.
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if msg == "opening handshake failed":
+            exc = sys.exc_info()[1]
+            reason = (exc.__cause__ or exc) if exc is not None else None
+            log.info("handshake failed: %s", reason or "no valid HTTP request")
+            return
+        super().log(level, msg, *args, **kwargs)
+
+
 class RealtimeServer:
     def __init__(self, settings: ServerSettings,
                  transcribe: Callable[[npt.NDArray[np.int16], bool], str]):
@@ -74,6 +116,7 @@ class RealtimeServer:
             buffer_samples=int(settings.session_buffer_s * SAMPLE_RATE_HZ),
             first_partial_samples=settings.first_partial_ms * SAMPLE_RATE_HZ // 1000,
             partial_interval_samples=settings.partial_interval_ms * SAMPLE_RATE_HZ // 1000)
+        self.served = handshake.served_names(settings.model)
         # Closed segments a session may have waiting for the model before its socket
         # stops being read (session_backlog_s x 32 000 bytes: 60 s = 1.9 MB a session).
         self.backlog_samples = int(settings.session_backlog_s * SAMPLE_RATE_HZ)
@@ -86,12 +129,15 @@ class RealtimeServer:
     def _check(self, request: Request) -> handshake.ConnectParams | handshake.HandshakeError:
         offered = [p.strip() for value in request.headers.get_all("Sec-WebSocket-Protocol")
                    for p in value.split(",") if p.strip()]
-        return handshake.check(request.path, request.headers.get("Authorization"),
-                               offered, self.settings.tokens)
+        return handshake.check(request.path, request.headers.get_all("Authorization"),
+                               offered, self.settings.tokens, self.served)
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         result = self._check(request)
         if isinstance(result, handshake.HandshakeError):
+            # The message never holds the key (nor the query, where a key may be).
+            log.info("handshake from %s refused: %d %s: %s", connection.remote_address,
+                     result.status, result.code, result.message)
             return _json_response(connection, result)
         return None
 
@@ -201,6 +247,8 @@ class RealtimeServer:
         with contextlib.suppress(ConnectionClosed):
             while True:
                 for event in await outq.get():
+                    if event["type"] == "echo.response":
+                        event["server_sent_at"] = time.time()
                     await ws.send(json.dumps(event))
 
     @staticmethod
@@ -227,7 +275,8 @@ class RealtimeServer:
             self.handler, host or self.settings.host,
             self.settings.port if port is None else port,
             process_request=self.process_request,
-            select_subprotocol=self.select_subprotocol,
+            select_subprotocol=self.select_subprotocol, create_connection=_Connection,
+            logger=_WebsocketsLog(logging.getLogger("websockets.server")),
             max_size=self.settings.max_message_bytes, max_queue=MAX_QUEUE,
             ping_interval=PING_INTERVAL_S, ping_timeout=None,
             close_timeout=CLOSE_TIMEOUT_S)

@@ -1,7 +1,13 @@
 """The opening handshake's checks, with no I/O: URL and headers in, params or an error out.
 
-Order of checks (as a client sees them): path (404), auth (401), model (400),
-input_audio_format (400), VAD query parameters (400).
+Order of checks (as a client sees them): path (404), auth (400 for two Authorization
+headers, then 401), model (400), input_audio_format (400), VAD query parameters (400).
+
+The key may come in three places, all seen in the wild: the `Authorization: Bearer`
+header (Together's SDK, OpenAI's SDK, the daemon), the `openai-insecure-api-key.<key>`
+subprotocol (browsers cannot set headers), and an `authorization=Bearer <key>` query
+parameter (Together's documented browser-style example; its raw space is mended by
+`repair_request_line` before websockets parses the request).
 """
 
 from __future__ import annotations
@@ -16,6 +22,14 @@ from .vad import VadParams
 
 PATHS = ("/v1/realtime", "/realtime")
 AUDIO_FORMAT = "pcm_s16le_16000"
+# Together's formats (its SDK's table): the bare aliases are 24 kHz on its servers.
+# OpenAI's clients send no format at all and mean pcm16 at 24 kHz, OpenAI's only rate.
+AUDIO_FORMATS = {"pcm_s16le_8000": 8000, "pcm_s16le_16000": 16000, "pcm_s16le_24000": 24000,
+                 "pcm16": 24000, "pcm_s16": 24000, "pcm_s16le": 24000}
+DEFAULT_AUDIO_FORMAT = "pcm16"
+# OpenAI's realtime and transcription model families (besides any *whisper* name).
+OPENAI_MODEL_PREFIXES = ("gpt-4o-transcribe", "gpt-4o-mini-transcribe", "gpt-realtime",
+                         "gpt-4o-realtime", "gpt-4o-mini-realtime")
 KEY_SUBPROTOCOL = "openai-insecure-api-key."
 VAD_QUERY = ("threshold", "min_silence_duration_ms", "min_speech_duration_ms",
              "max_speech_duration_s", "speech_pad_ms")
@@ -27,6 +41,10 @@ class ConnectParams:
     input_audio_format: str
     intent: str
     vad: VadParams | None  # None: turn_detection off, the client commits
+
+    @property
+    def rate_hz(self) -> int:
+        return AUDIO_FORMATS.get(self.input_audio_format, 16000)
 
 
 @dataclass(frozen=True)
@@ -41,20 +59,56 @@ class HandshakeError:
                                      "code": self.code, "param": None}})
 
 
-def accepts_model(name: str) -> bool:
-    """Any Whisper name (openai/whisper-large-v3, whisper-1, ...): we serve our own."""
-    return "whisper" in name.lower()
+def accepts_model(name: str, served: Sequence[str] = ()) -> bool:
+    """Any Whisper name (openai/whisper-large-v3, whisper-1, ...), OpenAI's transcription
+    and realtime models, and the served model's own names: we serve our own model."""
+    low = name.lower()
+    return ("whisper" in low or low.startswith(OPENAI_MODEL_PREFIXES)
+            or low in (s.lower() for s in served))
 
 
-def offered_key(authorization: str | None, subprotocols: Sequence[str]) -> str | None:
+def served_names(model: str) -> tuple[str, ...]:
+    """What a client may call the model we serve: "" is the bundled tiny.en; a path or
+    a hub name also goes by its last component."""
+    if not model:
+        return ("tiny.en",)
+    tail = model.rstrip("/").rsplit("/", 1)[-1]
+    return (model, tail) if tail != model else (model,)
+
+
+def format_rate(name: str) -> int | None:
+    """The sample rate of a Together-style `input_audio_format`, None if unknown."""
+    return AUDIO_FORMATS.get(name)
+
+
+def _bearer(value: str) -> str | None:
+    scheme, _, key = value.strip().partition(" ")
+    return key.strip() if scheme.lower() == "bearer" and key.strip() else None
+
+
+def offered_key(authorization: str | None, subprotocols: Sequence[str],
+                query: str | None = None) -> str | None:
     if authorization:
-        scheme, _, key = authorization.strip().partition(" ")
-        if scheme.lower() == "bearer" and key.strip():
-            return key.strip()
+        key = _bearer(authorization)
+        if key:
+            return key
     for proto in subprotocols:
         if proto.startswith(KEY_SUBPROTOCOL) and len(proto) > len(KEY_SUBPROTOCOL):
             return proto[len(KEY_SUBPROTOCOL):]
+    if query:
+        return _bearer(query)
     return None
+
+
+def repair_request_line(line: bytes) -> bytes:
+    """`GET <target> HTTP/1.1` whose target holds raw spaces (Together's documented
+    `authorization=Bearer <key>`), with those spaces as %20; any other line as it is.
+    websockets reads a request line as exactly three space-separated parts and drops
+    the connection without a word otherwise."""
+    parts = line.split(b" ")
+    if len(parts) > 3 and parts[0] == b"GET" and parts[-1].startswith(b"HTTP/"):
+        return b" ".join([parts[0], b"%20".join(p for p in parts[1:-1] if p), parts[-1]])
+    return line
 
 
 def select_subprotocol(offered: Sequence[str]) -> str | None:
@@ -65,14 +119,22 @@ def select_subprotocol(offered: Sequence[str]) -> str | None:
     return others[0] if others else None
 
 
-def check(path: str, authorization: str | None, subprotocols: Sequence[str],
-          tokens: Sequence[str]) -> ConnectParams | HandshakeError:
+def check(path: str, authorization: str | Sequence[str] | None, subprotocols: Sequence[str],
+          tokens: Sequence[str], served: Sequence[str] = ("tiny.en",),
+          ) -> ConnectParams | HandshakeError:
+    """`authorization`: the Authorization header's value, or every value sent."""
     url = urlsplit(path)
     if url.path.rstrip("/") not in PATHS:
         return HandshakeError(404, "not_found", f"no such endpoint {url.path!r}; "
                               "use /v1/realtime")
+    headers = [authorization] if isinstance(authorization, str) else list(authorization or ())
+    if len(headers) > 1:
+        return HandshakeError(400, "invalid_request", f"{len(headers)} Authorization "
+                              "headers; send exactly one")
+    query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
     if tokens:
-        key = offered_key(authorization, subprotocols)
+        key = offered_key(headers[0] if headers else None, subprotocols,
+                          query.get("authorization"))
         if key is None:
             return HandshakeError(401, "missing_api_key", "no API key: send "
                                   "'Authorization: Bearer <key>'")
@@ -80,20 +142,23 @@ def check(path: str, authorization: str | None, subprotocols: Sequence[str],
         matches = [hmac.compare_digest(key.encode(), t.encode()) for t in tokens]
         if not any(matches):
             return HandshakeError(401, "invalid_api_key", "the API key is not valid")
-    query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+    intent = query.get("intent", "transcription")
     model = query.get("model", "")
+    if not model and "intent" in query:
+        # OpenAI's transcription sessions connect with ?intent=transcription alone.
+        model = served[0] if served else "whisper"
     if not model:
         return HandshakeError(400, "model_not_available",
                               "query parameter 'model' is required")
-    if not accepts_model(model):
+    if not accepts_model(model, served):
+        names = ", ".join([*served, "any whisper model", "gpt-4o-transcribe"])
         return HandshakeError(400, "model_not_available",
-                              f"model {model!r} is not available; use a whisper model")
-    audio_format = query.get("input_audio_format", "")
-    if audio_format != AUDIO_FORMAT:
-        what = repr(audio_format) if audio_format else "missing"
+                              f"model {model!r} is not available; use one of: {names}")
+    audio_format = query.get("input_audio_format") or DEFAULT_AUDIO_FORMAT
+    if audio_format not in AUDIO_FORMATS:
         return HandshakeError(400, "invalid_audio_format",
-                              f"input_audio_format is {what}; only {AUDIO_FORMAT} "
-                              "is supported")
+                              f"input_audio_format {audio_format!r} is not supported; use "
+                              f"one of {', '.join(AUDIO_FORMATS)}")
     turn = query.get("turn_detection", "server_vad").lower()
     if turn not in ("server_vad", "none", "null", ""):
         return HandshakeError(400, "invalid_value",
@@ -104,5 +169,5 @@ def check(path: str, authorization: str | None, subprotocols: Sequence[str],
             vad = VadParams().updated({k: query[k] for k in VAD_QUERY if k in query})
         except ValueError as exc:
             return HandshakeError(400, "invalid_value", f"query parameter {exc}")
-    return ConnectParams(model=model, input_audio_format=audio_format,
-                         intent=query.get("intent", "transcription"), vad=vad)
+    return ConnectParams(model=model, input_audio_format=audio_format, intent=intent,
+                         vad=vad)

@@ -26,7 +26,15 @@ exactly that range, that decode is its final (`Settle(keep=True)`, or `completed
 once if already answered); if speech resumes first or the close differs, it is dropped
 (`Settle(keep=False)`) and its answer ignored.
   With turn detection off, a commit's segment is everything since the previous
-  commit (or clear), up to the last sample received.
+  commit (or clear), up to the last sample received. A commit with nothing to
+  transcribe (no speech since the last segment; with turn detection off, under 100 ms
+  of audio) is answered with OpenAI's `input_audio_buffer_commit_empty` error.
+
+Rates. A client may send 8, 16 or 24 kHz (`input_audio_format`); everything else here
+is 16 kHz: audio is resampled on arrival, one soxr stream per session, so a sample
+number is the same instant on the client's timeline and the *_ms fields need no
+conversion. `start`/`duration` (seconds, Together's fields) are the same range as
+audio_start_ms/audio_end_ms: positions on the appended audio, silence included.
 """
 
 from __future__ import annotations
@@ -34,8 +42,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,12 +53,16 @@ import numpy as np
 import numpy.typing as npt
 
 from ..audio import BYTES_PER_SAMPLE, SAMPLE_RATE_HZ
-from .handshake import ConnectParams
+from ..convert import Converter
+from .handshake import ConnectParams, format_rate
 from .vad import Closed, Started, StreamingVad, VadEvent, VadParams
 
 SAMPLES_PER_MS = SAMPLE_RATE_HZ // 1000
 UPDATE_TYPES = ("transcription_session.updated", "transcription_session.update",
                 "session.update")
+# OpenAI's floor for a manual commit (its input_audio_buffer_commit_empty).
+MIN_COMMIT_SAMPLES = 100 * SAMPLES_PER_MS
+COMMIT_EMPTY = "input_audio_buffer_commit_empty"
 Event = dict[str, Any]
 
 
@@ -113,10 +127,17 @@ def _ceil_ms(sample: int) -> int:
 
 class Session:
     def __init__(self, params: ConnectParams, limits: Limits | None = None,
-                 session_id: str | None = None):
+                 session_id: str | None = None, clock: Callable[[], float] = time.time):
         self.id = session_id or f"sess_{uuid.uuid4().hex[:20]}"
         self.params = params
         self.limits = limits or Limits()
+        # Only for echo.response's server_received_at; nothing here depends on it.
+        self._clock = clock
+        self.audio_format = params.input_audio_format
+        self._asr_model = params.model
+        # soxr's filter state (a few hundred samples) plus its output for one message.
+        self._resampler: Converter | None = None
+        self._set_rate(params.rate_hz)
         self.total = 0  # samples received
         # Audio that may still be transcribed, from sample _buf_start on. Bounded by
         # the segment cap: at most ~buffer_samples + pads + min_silence, x 2 bytes
@@ -213,7 +234,10 @@ class Session:
             if kind == "input_audio_buffer.append":
                 return self._append(msg)
             if kind == "input_audio_buffer.commit":
-                return self._commit()
+                # The resampler's tail first, so the commit covers every sample sent.
+                return [*self._flush_resampler(), *self._commit(client_event_id)]
+            if kind == "echo":
+                return self._echo(msg)
             if kind == "input_audio_buffer.clear":
                 return self._clear()
             if kind in UPDATE_TYPES:
@@ -242,9 +266,11 @@ class Session:
             if (error is None and text and job.item_id == open_item and not self._awaiting
                     and job.seq > self._partial_shown):
                 self._partial_shown = job.seq
+                start = self._started[-1][1]
                 return [self._event("conversation.item.input_audio_transcription.delta",
                                     item_id=job.item_id, content_index=0,
-                                    delta=text, transcript=text)]
+                                    delta=text, transcript=text, start=_seconds(start),
+                                    duration=_seconds(len(job.pcm)))]
             return []
         return self._finish(job.item_id, transcript, error)
 
@@ -253,10 +279,12 @@ class Session:
         if item in self._awaiting:
             self._awaiting.remove(item)
         start, end = self._ranges.pop(item, (0, 0))
-        times = {"audio_start_ms": _floor_ms(start), "audio_end_ms": _ceil_ms(end)}
+        times = {"audio_start_ms": _floor_ms(start), "audio_end_ms": _ceil_ms(end),
+                 "start": _seconds(start), "duration": _seconds(end - start)}
         if error is not None:
+            # event_type marks a failure of one turn: the session goes on.
             return [self._event("conversation.item.input_audio_transcription.failed",
-                                item_id=item, content_index=0,
+                                item_id=item, content_index=0, event_type="completed",
                                 error={"message": error, "type": "server_error",
                                        "param": None, "code": "transcription_failed"},
                                 **times)]
@@ -278,6 +306,12 @@ class Session:
         if len(pcm_bytes) % BYTES_PER_SAMPLE:
             raise BadRequest("invalid_audio", f"'audio' has {len(pcm_bytes)} bytes; "
                              "pcm_s16le needs an even number", "audio")
+        if self._resampler is not None:
+            pcm_bytes = self._resampler.feed_pcm(pcm_bytes)
+        return self._ingest(pcm_bytes)
+
+    def _ingest(self, pcm_bytes: bytes) -> list[Output]:
+        """16 kHz audio into the buffer and the VAD."""
         if not pcm_bytes:
             return []
         self._buf += pcm_bytes
@@ -294,27 +328,51 @@ class Session:
         self._trim()
         return out
 
-    def _commit(self) -> list[Output]:
+    def _commit(self, client_event_id: str | None = None) -> list[Output]:
         self._processed_due = True
+        out: list[Output] = []
         if self._vad is not None:
-            floor = self._vad.segmenter.floor
-            out = self._on_vad(self._vad.segmenter.flush(self.total))
+            out += self._on_vad(self._vad.segmenter.flush(self.total))
             self._vad.reset()  # what follows a commit is a new stream
             if not any(isinstance(o, dict) and o["type"] == "input_audio_buffer.committed"
                        for o in out):
-                # Nothing but silence since the last segment: an empty item still
-                # tells the client everything up to here is done.
-                out += self._close_item(self._new_item(), max(floor, self._buf_start),
-                                        self.total, stopped=False)
+                # Not an empty transcript: a client could not tell it from speech
+                # that came out as nothing. The code says which case this is; the
+                # `processed` watermark says that the audio before it is settled.
+                out.append(self._error(COMMIT_EMPTY, "nothing to commit: no speech since "
+                                       f"the last segment (audio to {_ceil_ms(self.total)} "
+                                       "ms is done)", None, client_event_id))
             self._trim()
             return out
-        out = self._close_item(self._new_item(), self._buf_start, self.total, stopped=False)
+        held = self.total - self._buf_start
+        if held < MIN_COMMIT_SAMPLES:
+            # Kept for the next commit, as OpenAI does.
+            return [*out, self._error(COMMIT_EMPTY, "buffer too small: a commit needs at "
+                                      f"least 100 ms of audio, it has {held / SAMPLES_PER_MS:.0f}"
+                                      " ms", None, client_event_id)]
+        out += self._close_item(self._new_item(), self._buf_start, self.total, stopped=False)
         self._drop_until(self.total)
         return out
 
+    def _echo(self, msg: dict[str, Any]) -> list[Output]:
+        """Together's liveness probe: its SDK reconnects if this is 2 s late."""
+        now = self._clock()
+        return [self._event("echo.response", echo_id=msg.get("echo_id"),
+                            client_sent_at=msg.get("client_sent_at"),
+                            server_received_at=now, server_sent_at=now,
+                            payload=msg.get("payload"))]
+
+    def _set_rate(self, rate_hz: int) -> None:
+        self._resampler = None if rate_hz == SAMPLE_RATE_HZ else Converter(rate_hz, 1)
+
+    def _flush_resampler(self) -> list[Output]:
+        """The resampler's held tail (its filter delay), on the timeline now."""
+        return [] if self._resampler is None else self._ingest(self._resampler.flush())
+
     def _clear(self) -> list[Output]:
         self._processed_due = True
-        out = self._drop_spec()
+        out = self._flush_resampler()  # on the timeline, then dropped with the rest
+        out += self._drop_spec()
         if self._vad is not None:
             self._vad.segmenter.drop(self.total)
             for item, _ in self._started:
@@ -328,8 +386,21 @@ class Session:
         if not isinstance(session, dict):
             raise BadRequest("missing_field", f"{msg['type']} needs a 'session' object",
                              "session")
+        kind = session.get("type")
+        if kind not in (None, "transcription"):
+            raise BadRequest("invalid_value", f"session.type {kind!r} is not served; this "
+                             "server only transcribes (session.type 'transcription')",
+                             "session.type")
         found, turn = _find_turn_detection(session)
+        new_format = _find_format(session)  # checked before anything changes
+        model = _find_model(session)
         out: list[Output] = []
+        if new_format is not None and new_format != self.audio_format:
+            out += self._flush_resampler()  # the old rate's tail, on the timeline
+            self.audio_format = new_format
+            self._set_rate(format_rate(new_format) or SAMPLE_RATE_HZ)
+        if model is not None:
+            self._asr_model = model
         if found:
             new = self._parse_turn(turn)
             if new is None and self._vad is not None:
@@ -344,7 +415,11 @@ class Session:
                 self._trim()
             elif new is not None and self._vad is not None:
                 self._vad.segmenter.params = new
-        out.append(self._event("transcription_session.updated", session=self._describe()))
+        if msg["type"] == "session.update":  # OpenAI GA: its reply, in its shape
+            out.append(self._event("session.updated", session=self._describe_ga()))
+        else:
+            out.append(self._event("transcription_session.updated",
+                                   session=self._describe()))
         return out
 
     def _parse_turn(self, turn: Any) -> VadParams | None:
@@ -356,7 +431,9 @@ class Session:
         kind = turn.get("type", "server_vad")
         if kind in (None, "none"):
             return None
-        if kind != "server_vad":
+        # OpenAI's semantic_vad has no counterpart here; Silero with the same silence
+        # rules is the nearest, and refusing it would refuse OpenAI's GA default.
+        if kind not in ("server_vad", "semantic_vad"):
             raise BadRequest("invalid_value", f"turn_detection.type {kind!r} is not "
                              "supported; use server_vad or null",
                              "session.turn_detection.type")
@@ -481,15 +558,72 @@ class Session:
 
     def _error(self, code: str, message: str, param: str | None,
                client_event_id: str | None) -> Event:
-        return self._event("error", error={"type": "invalid_request_error", "code": code,
-                                           "message": message, "param": param,
-                                           "event_id": client_event_id})
+        # The top-level message is what Together's documented example prints.
+        return self._event("error", message=message,
+                           error={"type": "invalid_request_error", "code": code,
+                                  "message": message, "param": param,
+                                  "event_id": client_event_id})
 
     def _describe(self) -> dict[str, Any]:
+        """Together's and OpenAI beta's session object, with OpenAI GA's `type` and
+        `audio` too: session.created is parsed by all three clients."""
         return {"id": self.id, "object": "realtime.session", "modalities": ["audio"],
                 "model": self.params.model, "turn_detection": self.turn_detection,
-                "input_audio_format": self.params.input_audio_format,
-                "input_audio_transcription": {"model": self.params.model}}
+                "input_audio_format": self.audio_format,
+                "input_audio_transcription": {"model": self._asr_model},
+                "type": "transcription", "audio": self._audio_ga()}
+
+    def _describe_ga(self) -> dict[str, Any]:
+        return {"type": "transcription", "id": self.id,
+                "object": "realtime.transcription_session", "audio": self._audio_ga(),
+                "include": None}
+
+    def _audio_ga(self) -> dict[str, Any]:
+        rate = format_rate(self.audio_format) or SAMPLE_RATE_HZ
+        return {"input": {"format": {"type": "audio/pcm", "rate": rate},
+                          "transcription": {"model": self._asr_model},
+                          "noise_reduction": None,
+                          "turn_detection": self.turn_detection}}
+
+
+def _seconds(samples: int) -> float:
+    return round(samples / SAMPLE_RATE_HZ, 3)
+
+
+def _ga_input(session: dict[str, Any]) -> dict[str, Any]:
+    audio = session.get("audio")
+    inp = audio.get("input") if isinstance(audio, dict) else None
+    return inp if isinstance(inp, dict) else {}
+
+
+def _find_format(session: dict[str, Any]) -> str | None:
+    """The audio format a session update asks for, as one of our format names: Together
+    and OpenAI beta name it (`input_audio_format`), OpenAI GA describes it."""
+    if "input_audio_format" in session:
+        name = session["input_audio_format"]
+        if isinstance(name, str) and format_rate(name):
+            return name
+        raise BadRequest("invalid_audio_format", f"input_audio_format {name!r} is not "
+                         "supported; use pcm16 (24 kHz) or pcm_s16le_8000/16000/24000",
+                         "session.input_audio_format")
+    fmt = _ga_input(session).get("format")
+    if fmt is None:
+        return None
+    rate = fmt.get("rate", 24000) if isinstance(fmt, dict) else None
+    if (not isinstance(fmt, dict) or fmt.get("type", "audio/pcm") != "audio/pcm"
+            or isinstance(rate, bool) or rate not in (8000, 16000, 24000)):
+        raise BadRequest("invalid_audio_format", f"audio.input.format {fmt!r} is not "
+                         "supported; use {'type': 'audio/pcm', 'rate': 24000}",
+                         "session.audio.input.format")
+    return "pcm16" if rate == 24000 else f"pcm_s16le_{int(rate)}"
+
+
+def _find_model(session: dict[str, Any]) -> str | None:
+    for where in (session.get("input_audio_transcription"),
+                  _ga_input(session).get("transcription")):
+        if isinstance(where, dict) and isinstance(where.get("model"), str):
+            return str(where["model"])
+    return None
 
 
 def _find_turn_detection(session: dict[str, Any]) -> tuple[bool, Any]:
