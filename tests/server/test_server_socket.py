@@ -294,8 +294,9 @@ def test_a_client_sending_audio_is_never_idle() -> None:
         for _ in range(15):  # 3 s of audio, 200 ms at a time, at real time
             ws.send(append(silence(0.2)))
             time.sleep(0.2)
-        ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
-        receive_until(ws, "input_audio_buffer.committed")
+        ws.send(json.dumps({"type": "input_audio_buffer.commit"}))  # still open: answered
+        assert receive_until(ws, "error")[-1]["error"]["code"] == \
+            "input_audio_buffer_commit_empty"
 
 
 def test_open_server_on_non_loopback_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
