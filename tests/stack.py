@@ -24,12 +24,18 @@ CLIPS = ["jfk-44k1-stereo.wav", "lj002-0020-22k05.wav", "lj002-0035-22k05.wav",
          "ami-es2011a-16k.wav"]
 
 
-def read_mono_16k(name: str) -> np.ndarray:
+def read_mono(name: str, rate_hz: int = 16000) -> np.ndarray:
+    """A shared recording down-mixed and resampled (soxr) straight to `rate_hz`, as
+    float32 on the int16 scale."""
     with wave.open(str(AUDIO_DIR / name)) as w:
         data = np.frombuffer(w.readframes(w.getnframes()), np.int16)
         mono = data.reshape(-1, w.getnchannels()).astype(np.float32).mean(axis=1)
         rate = w.getframerate()
-    return soxr.resample(mono, rate, 16000) if rate != 16000 else mono
+    return soxr.resample(mono, rate, rate_hz) if rate != rate_hz else mono
+
+
+def read_mono_16k(name: str) -> np.ndarray:
+    return read_mono(name, 16000)
 
 
 @dataclass

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from websockets.sync.client import connect
 
-from conftest import Broker, assert_heard, free_port
+from conftest import Broker, assert_heard
 from mqttkit import Subscriber, wait
-from stack import CLIPS, Proc, daemon_config, make_room, start_daemon, start_server
+from stack import CLIPS, Proc, Room, daemon_config, make_room, start_daemon, start_server
 from test_faults import finish, iso, with_uplink
 
 pytestmark = pytest.mark.server
@@ -43,15 +43,22 @@ def opened(server: Proc) -> int:
     return server.output().count(" opened from ")
 
 
-def test_primary_killed_fallback_takes_over_and_back(tmp_path: Path, broker: Broker) -> None:
-    primary_port = free_port()
-    primary, _ = start_server(tmp_path, primary_port)
-    fallback, fallback_port = start_server(tmp_path)
-    room = make_room(tmp_path / "room.wav", CLIPS + CLIPS, gap_s=2.0, tail_s=15)
+def two_servers(tmp: Path, broker: Broker, primary_extra: str = ""
+                ) -> tuple[Proc, int, Proc, Room, Subscriber, Path]:
+    """A primary and a fallback server, a room saying each clip twice, a subscriber,
+    and the daemon's config naming both endpoints."""
+    primary, primary_port = start_server(tmp, extra=primary_extra)
+    fallback, fallback_port = start_server(tmp)
+    room = make_room(tmp / "room.wav", CLIPS + CLIPS, gap_s=2.0, tail_s=15)
     sub = Subscriber(broker.port)
-    config = with_uplink(daemon_config(tmp_path, server_port=primary_port,
+    config = with_uplink(daemon_config(tmp, server_port=primary_port,
                                        broker_port=broker.port, wav=room.path),
                          endpoints(primary_port, fallback_port))
+    return primary, primary_port, fallback, room, sub, config
+
+
+def test_primary_killed_fallback_takes_over_and_back(tmp_path: Path, broker: Broker) -> None:
+    primary, primary_port, fallback, room, sub, config = two_servers(tmp_path, broker)
     daemon = start_daemon(tmp_path, config)
     servers = [primary, fallback]
     try:
@@ -89,13 +96,8 @@ def test_primary_killed_fallback_takes_over_and_back(tmp_path: Path, broker: Bro
 
 def test_a_full_primary_sends_the_daemon_elsewhere_at_once(tmp_path: Path,
                                                            broker: Broker) -> None:
-    primary, primary_port = start_server(tmp_path, extra="max_sessions = 1\n")
-    fallback, fallback_port = start_server(tmp_path)
-    room = make_room(tmp_path / "room.wav", CLIPS + CLIPS, gap_s=2.0, tail_s=15)
-    sub = Subscriber(broker.port)
-    config = with_uplink(daemon_config(tmp_path, server_port=primary_port,
-                                       broker_port=broker.port, wav=room.path),
-                         endpoints(primary_port, fallback_port))
+    primary, primary_port, fallback, room, sub, config = two_servers(
+        tmp_path, broker, primary_extra="max_sessions = 1\n")
     daemon: Proc | None = None
     # Another room holds the primary's only session.
     with connect(f"ws://127.0.0.1:{primary_port}/v1/realtime?model=whisper-1"

@@ -170,23 +170,19 @@ GARBAGE = [
 ]
 
 
-class GarbageRelay:
-    """Relays the daemon to the real server and injects bad events into what the
-    daemon receives: the GARBAGE set after every session.created and completed, and
-    once (after the first completed) a 2 MiB frame, over the daemon's 1 MiB limit."""
+class LoopServer:
+    """A WebSocket server on 127.0.0.1 with its own event loop in a thread; subclasses
+    write `_handler`. For the fakes whose misbehaviour is the point of a test."""
 
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
+    def __init__(self) -> None:
         self.port = free_port()
-        self.sessions = 0
-        self.huge_sent = False
         self._loop = asyncio.new_event_loop()
         self._stop: asyncio.Future[None] | None = None
         ready = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
         self._thread.start()
         if not ready.wait(10):
-            raise RuntimeError("relay did not start")
+            raise RuntimeError(f"{type(self).__name__} did not start")
 
     def _run(self, ready: threading.Event) -> None:
         async def main() -> None:
@@ -196,6 +192,26 @@ class GarbageRelay:
                 await self._stop
 
         self._loop.run_until_complete(main())
+
+    async def _handler(self, conn: ServerConnection) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set_result, None)
+        self._thread.join(10)
+
+
+class GarbageRelay(LoopServer):
+    """Relays the daemon to the real server and injects bad events into what the
+    daemon receives: the GARBAGE set after every session.created and completed, and
+    once (after the first completed) a 2 MiB frame, over the daemon's 1 MiB limit."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.sessions = 0
+        self.huge_sent = False
+        super().__init__()
 
     async def _handler(self, conn: ServerConnection) -> None:
         assert conn.request is not None
@@ -224,11 +240,6 @@ class GarbageRelay:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-
-    def close(self) -> None:
-        if self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set_result, None)
-        self._thread.join(10)
 
 
 def test_malformed_huge_and_unknown_server_events(tmp_path: Path, broker: Broker) -> None:
@@ -383,7 +394,7 @@ def test_wrong_api_key_is_reported_not_retried_hot(tmp_path: Path, broker: Broke
 # ------------------------------------------------------------------ f. a server that floods
 
 
-class FloodServer:
+class FloodServer(LoopServer):
     """A realtime server gone wrong (the fault is the point, so it is a fake): on the
     first audio it sends FLOOD_DELTAS deltas as fast as it can, then one completed
     transcript of HUGE_CHARS characters; it answers commits so the daemon can stop."""
@@ -392,24 +403,8 @@ class FloodServer:
     HUGE_CHARS = 1_000_000
 
     def __init__(self) -> None:
-        self.port = free_port()
         self.flooded = False
-        self._loop = asyncio.new_event_loop()
-        self._stop: asyncio.Future[None] | None = None
-        ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("flood server did not start")
-
-    def _run(self, ready: threading.Event) -> None:
-        async def main() -> None:
-            self._stop = asyncio.get_running_loop().create_future()
-            async with serve(self._handler, "127.0.0.1", self.port, max_size=None):
-                ready.set()
-                await self._stop
-
-        self._loop.run_until_complete(main())
+        super().__init__()
 
     async def _handler(self, conn: ServerConnection) -> None:
         await conn.send(json.dumps({"type": "session.created", "session": {"id": "sess_flood"}}))
@@ -428,11 +423,6 @@ class FloodServer:
             elif kind == "input_audio_buffer.commit":
                 await conn.send(json.dumps({"type": "input_audio_buffer.committed",
                                             "item_id": "item_end"}))
-
-    def close(self) -> None:
-        if self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set_result, None)
-        self._thread.join(10)
 
 
 def test_huge_transcript_is_cut_and_a_delta_flood_is_rate_limited(tmp_path: Path,

@@ -34,11 +34,13 @@ DEFAULT_VAD = VadParams()
 NUMBERS = {"1813": "eighteen thirteen", "8": "eight"}
 
 
-def speech(name: str) -> npt.NDArray[np.int16]:
-    """A file of /work/shared/audio as 16 kHz mono int16 (down-mixed, soxr-resampled)."""
-    from stack import read_mono_16k
+def speech(name: str, rate_hz: int = 16000) -> npt.NDArray[np.int16]:
+    """A file of /work/shared/audio as mono int16 at `rate_hz` (down-mixed and
+    soxr-resampled straight from the file, as a client at that rate would send it)."""
+    from stack import read_mono
 
-    return np.asarray(np.clip(read_mono_16k(name), -32768, 32767), dtype=np.int16)
+    return np.asarray(np.clip(np.rint(read_mono(name, rate_hz)), -32768, 32767),
+                      dtype=np.int16)
 
 
 def silence(seconds: float) -> npt.NDArray[np.int16]:

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,13 +26,12 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from server_support import AUDIO_DIR, normalise, speech, transcriber
+from server_support import normalise, speech, transcriber
 
 pytest.importorskip("faster_whisper")
 pytest.importorskip("together")
 pytest.importorskip("openai")
 
-import soxr
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
@@ -110,21 +108,9 @@ def test_serve_takes_host_and_port_in_either_order(order: list[str], tmp_path: P
 
 
 # -- audio and words -------------------------------------------------------------------------
-def at_rate(name: str, rate: int) -> npt.NDArray[np.int16]:
-    """A recording as a client at `rate` would send it: down-mixed, soxr-resampled."""
-    if rate == 16000:
-        return speech(name)
-    with wave.open(str(AUDIO_DIR / name)) as w:
-        raw = np.frombuffer(w.readframes(w.getnframes()), np.int16)
-        mono = raw.reshape(-1, w.getnchannels()).astype(np.float32).mean(axis=1)
-        src = w.getframerate()
-    out = soxr.resample(mono, src, rate) if src != rate else mono
-    return np.asarray(np.clip(np.rint(out), -32768, 32767), dtype=np.int16)
-
-
 def program(names: list[str], rate: int) -> npt.NDArray[np.int16]:
     gap = np.zeros(int(GAP_S * rate), np.int16)
-    return np.concatenate([gap, *[np.concatenate([at_rate(n, rate), gap]) for n in names]])
+    return np.concatenate([gap, *[np.concatenate([speech(n, rate), gap]) for n in names]])
 
 
 @functools.cache
@@ -386,7 +372,7 @@ def test_openai_beta_transcription_manual_commits(served: Served) -> None:
         assert isinstance(updated, TranscriptionSessionUpdatedEvent), updated
         assert updated.session.turn_detection is None
         for name in ALL:
-            pcm = at_rate(name, 24000)
+            pcm = speech(name, 24000)
             for chunk in chunks(pcm, 24000):
                 conn.input_audio_buffer.append(audio=base64.b64encode(chunk).decode())
             conn.input_audio_buffer.commit()
