@@ -134,6 +134,9 @@ async def one_stream(port: int, pcm: npt.NDArray[np.int16], delay_s: float) -> R
                                                  event["audio_end_ms"] / 1000, now))
                     else:
                         all_done.set()
+                elif kind == "error" and \
+                        event["error"].get("code") == "input_audio_buffer_commit_empty":
+                    all_done.set()  # the last segment had closed on its own
                 elif kind == "error":
                     print("error:", event, file=sys.stderr)
 
