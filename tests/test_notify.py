@@ -99,11 +99,11 @@ def test_watchdog_from_env(env: dict[str, str], expected_s: float | None) -> Non
 
 
 def test_status_lines_read_well() -> None:
-    assert status_line(True, 0.2, "") == "streaming, 0 s buffered"
-    assert status_line(False, 42.0, "connection refused") == (
-        "server unreachable, 42 s buffered (last error: connection refused)")
-    assert status_line(False, 0.0, "") == "connecting, 0 s buffered"
-    long = status_line(False, 1.0, "x" * 500 + "\nsecond line")
+    assert status_line("streaming", 0.2, "") == "streaming, 0 s buffered"
+    assert status_line("failing", 42.0, "connection refused") == (
+        "failing, 42 s buffered (last error: connection refused)")
+    assert status_line("idle", 0.0, "timed out") == "idle, 0 s buffered"  # a past error
+    long = status_line("reconnecting", 1.0, "x" * 500 + "\nsecond line")
     assert "\n" not in long and len(long) < 200
 
 

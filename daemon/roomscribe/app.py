@@ -89,7 +89,7 @@ class Daemon:
             uptime_s=round(time.monotonic() - self.started),
             muted=self.integrations.mute.muted,
         )
-        self.notifier.status(status_line(up.connected, ring.held_s, last_error))
+        self.notifier.status(status_line(status, ring.held_s, last_error))
 
     def _account_unflushed(self) -> None:
         """Stopping: audio that did not get through in time is said, counted in

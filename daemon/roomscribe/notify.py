@@ -29,16 +29,11 @@ STALL_AFTER_S = 10.0
 STATUS_ERROR_CHARS = 120
 
 
-def status_line(connected: bool, buffered_s: float, last_error: str) -> str:
-    """The one line `systemctl status` shows, e.g. 'streaming, 0 s buffered'."""
-    held = f"{buffered_s:.0f} s buffered"
-    if connected:
-        text = f"streaming, {held}"
-    elif last_error:
-        text = f"server unreachable, {held}"
-    else:
-        text = f"connecting, {held}"
-    error = " ".join(last_error.split())
+def status_line(status: str, buffered_s: float, last_error: str) -> str:
+    """The one line `systemctl status` shows, e.g. 'streaming, 0 s buffered': the
+    status the state topic has (health.py), and the last error while there is one."""
+    text = f"{status}, {buffered_s:.0f} s buffered"
+    error = " ".join(last_error.split()) if status in ("reconnecting", "failing") else ""
     if error:
         if len(error) > STATUS_ERROR_CHARS:
             error = error[: STATUS_ERROR_CHARS - 1] + "…"
