@@ -397,7 +397,8 @@ def test_wrong_api_key_is_reported_not_retried_hot(tmp_path: Path, broker: Broke
 class FloodServer(LoopServer):
     """A realtime server gone wrong (the fault is the point, so it is a fake): on the
     first audio it sends FLOOD_DELTAS deltas as fast as it can, then one completed
-    transcript of HUGE_CHARS characters; it answers commits so the daemon can stop."""
+    transcript of HUGE_CHARS characters; it answers commits (an empty item) so the
+    daemon can stop with everything settled."""
 
     FLOOD_DELTAS = 20_000
     HUGE_CHARS = 1_000_000
@@ -423,6 +424,9 @@ class FloodServer(LoopServer):
             elif kind == "input_audio_buffer.commit":
                 await conn.send(json.dumps({"type": "input_audio_buffer.committed",
                                             "item_id": "item_end"}))
+                await conn.send(json.dumps({
+                    "type": "conversation.item.input_audio_transcription.completed",
+                    "item_id": "item_end", "transcript": ""}))
 
 
 def test_huge_transcript_is_cut_and_a_delta_flood_is_rate_limited(tmp_path: Path,
