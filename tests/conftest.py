@@ -13,8 +13,27 @@ from pathlib import Path
 
 import pytest
 
+from timing import SLOWDOWN, SOURCE, scaled
+
 REPO = Path(__file__).resolve().parent.parent
 AUDIO_DIR = (REPO.parent / "shared" / "audio").resolve()
+
+
+def pytest_report_header() -> str:
+    return (f"roomscribe: waits scaled x{SLOWDOWN:g} ({SOURCE}; "
+            "ROOMSCRIBE_TEST_SLOWDOWN sets it)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """pytest-timeout's limit (the ini's or a test's own marker) scaled like every wait."""
+    if SLOWDOWN == 1.0:
+        return
+    default = getattr(config, "_env_timeout", None)
+    for item in items:
+        marker = item.get_closest_marker("timeout")
+        base = marker.args[0] if marker is not None and marker.args else default
+        if base:
+            item.add_marker(pytest.mark.timeout(float(base) * SLOWDOWN), append=False)
 
 
 def reference_texts() -> dict[str, str]:
@@ -36,7 +55,7 @@ def free_port() -> int:
 
 
 def wait_port(port: int, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + scaled(timeout_s)
     while time.monotonic() < deadline:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
@@ -56,10 +75,10 @@ class Broker:
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(5)
+                self.proc.wait(scaled(5))
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait(5)
+                self.proc.wait(scaled(5))
 
     def start(self) -> None:
         """(Re)start on the same port, e.g. after a simulated broker reboot."""

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from server_support import append, coverage, server, silence, speech
+from timing import scaled
 
 pytest.importorskip("faster_whisper")
 
@@ -97,7 +98,7 @@ def url(port: int, query: str = QUERY, path: str = "/v1/realtime") -> str:
 def receive_until(ws: ClientConnection, kind: str, timeout_s: float = 60) -> list[dict[str, Any]]:
     seen: list[dict[str, Any]] = []
     while True:
-        event = json.loads(ws.recv(timeout=timeout_s))
+        event = json.loads(ws.recv(timeout=scaled(timeout_s)))
         seen.append(event)
         if event["type"] == kind:
             return seen
@@ -105,7 +106,7 @@ def receive_until(ws: ClientConnection, kind: str, timeout_s: float = 60) -> lis
 
 def transcribe(port: int, name: str, query: str = QUERY) -> tuple[list[dict[str, Any]], str]:
     headers = {"Authorization": f"Bearer {KEY}", "OpenAI-Beta": "realtime=v1"}
-    with connect(url(port, query), additional_headers=headers, open_timeout=10) as ws:
+    with connect(url(port, query), additional_headers=headers, open_timeout=scaled(10)) as ws:
         events = receive_until(ws, "session.created")
         pcm = np.concatenate([silence(0.3), speech(name), silence(0.3)])
         for i in range(0, len(pcm), 4096):
@@ -125,9 +126,9 @@ def test_socket_bearer_header_full_round_trip(port: int) -> None:
 def test_socket_subprotocol_auth_selects_realtime(port: int) -> None:
     offered = ["realtime", f"openai-insecure-api-key.{KEY}", "openai-beta.realtime-v1"]
     with connect(url(port, path="/realtime"), subprotocols=offered,  # type: ignore[arg-type]
-                 open_timeout=10) as ws:
+                 open_timeout=scaled(10)) as ws:
         assert ws.subprotocol == "realtime"
-        assert json.loads(ws.recv(timeout=10))["type"] == "session.created"
+        assert json.loads(ws.recv(timeout=scaled(10)))["type"] == "session.created"
 
 
 @pytest.mark.parametrize(("query", "headers", "status", "code"), [
@@ -141,7 +142,7 @@ def test_socket_subprotocol_auth_selects_realtime(port: int) -> None:
 def test_socket_handshake_errors_are_http_json(port: int, query: str, headers: dict[str, str],
                                                status: int, code: str) -> None:
     with pytest.raises(InvalidStatus) as info:
-        connect(url(port, query), additional_headers=headers, open_timeout=10)
+        connect(url(port, query), additional_headers=headers, open_timeout=scaled(10))
     response = info.value.response
     assert response.status_code == status
     assert response.headers["Content-Type"] == "application/json"
@@ -151,7 +152,7 @@ def test_socket_handshake_errors_are_http_json(port: int, query: str, headers: d
 
 def test_socket_bad_input_then_the_session_goes_on(port: int) -> None:
     with connect(url(port), additional_headers={"Authorization": f"Bearer {KEY}"},
-                 open_timeout=10) as ws:
+                 open_timeout=scaled(10)) as ws:
         receive_until(ws, "session.created")
         ws.send("{not json")
         assert receive_until(ws, "error")[-1]["error"]["code"] == "invalid_json"
@@ -161,7 +162,7 @@ def test_socket_bad_input_then_the_session_goes_on(port: int) -> None:
 
 def test_socket_oversized_message_closes_1009(port: int) -> None:
     with connect(url(port), additional_headers={"Authorization": f"Bearer {KEY}"},
-                 open_timeout=10) as ws:
+                 open_timeout=scaled(10)) as ws:
         receive_until(ws, "session.created")
         ws.send(append(silence(3.0)))  # 128 kB of base64 > 64 kB limit
         with pytest.raises(ConnectionClosed) as info:
@@ -188,10 +189,11 @@ def test_two_concurrent_sessions_get_their_own_transcripts(port: int) -> None:
 
 
 def test_over_max_sessions_is_http_503() -> None:
-    with server(ServerSettings(max_sessions=1)) as p, connect(url(p), open_timeout=10) as ws:
+    with server(ServerSettings(max_sessions=1)) as p, \
+            connect(url(p), open_timeout=scaled(10)) as ws:
         receive_until(ws, "session.created")
         with pytest.raises(InvalidStatus) as info:
-            connect(url(p), open_timeout=10)
+            connect(url(p), open_timeout=scaled(10))
         assert info.value.response.status_code == 503
 
 
@@ -208,11 +210,11 @@ def test_serve_runs_until_sigterm_and_exits_0() -> None:
                             env=env, stderr=subprocess.PIPE)
     try:
         wait_port(p, 60)
-        with connect(url(p), open_timeout=10) as ws:
-            assert json.loads(ws.recv(timeout=10))["type"] == "session.created"
+        with connect(url(p), open_timeout=scaled(10)) as ws:
+            assert json.loads(ws.recv(timeout=scaled(10)))["type"] == "session.created"
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0
+        assert proc.wait(scaled(20)) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait(5)
+            proc.wait(scaled(5))
