@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import shutil
 import socket
 import subprocess
@@ -19,13 +20,28 @@ REPO = Path(__file__).resolve().parent.parent
 AUDIO_DIR = (REPO.parent / "shared" / "audio").resolve()
 
 
-def pytest_report_header() -> str:
-    return (f"roomscribe: waits scaled x{SLOWDOWN:g} ({SOURCE}; "
-            "ROOMSCRIBE_TEST_SLOWDOWN sets it)")
+# The server extra (faster-whisper, onnxruntime) installs on 64-bit machines only:
+# onnxruntime publishes no 32-bit ARM wheel. Without it the server's tests are skipped.
+HAS_SERVER_EXTRA = importlib.util.find_spec("faster_whisper") is not None
+NO_SERVER_EXTRA = ("needs the server extra (faster-whisper, onnxruntime), which is not "
+                   "installed: it is 64-bit only (onnxruntime has no 32-bit ARM wheel)")
+
+
+def pytest_report_header() -> list[str]:
+    lines = [f"roomscribe: waits scaled x{SLOWDOWN:g} ({SOURCE}; "
+             "ROOMSCRIBE_TEST_SLOWDOWN sets it)"]
+    if not HAS_SERVER_EXTRA:
+        lines.append(f"roomscribe: server tests skipped: {NO_SERVER_EXTRA}")
+    return lines
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """pytest-timeout's limit (the ini's or a test's own marker) scaled like every wait."""
+    """Skips the server's tests without its extra; scales pytest-timeout's limit (the
+    ini's or a test's own marker) like every wait."""
+    if not HAS_SERVER_EXTRA:
+        for item in items:
+            if item.get_closest_marker("server") is not None:
+                item.add_marker(pytest.mark.skip(reason=NO_SERVER_EXTRA))
     if SLOWDOWN == 1.0:
         return
     default = getattr(config, "_env_timeout", None)
