@@ -19,6 +19,7 @@ import argparse
 import csv
 import importlib.util
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -178,6 +179,8 @@ level = "warning"
             pace = "as fast as it goes" if args.fast else f"at real time ({length:.0f} s)"
             print(f"demo: playing {len(refs)} recordings {pace}; transcripts follow\n")
             daemon = subprocess.run([*roomscribe, "run", *cfg], env=env, check=False)
+            # the only child waited for yet: its peak is the daemon's (KiB on Linux)
+            peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
             heard.settle(SETTLE_S, 60)
             print("\ndemo: what was said:")
             for name, text in refs:
@@ -190,7 +193,8 @@ level = "warning"
                 print("demo: FAILED: no transcript arrived over MQTT (the server produced no "
                       "text for the recording; see the log above)", file=sys.stderr)
                 return 1
-            print(f"demo: {heard.count} transcripts arrived")
+            print(f"demo: {heard.count} transcripts arrived; the daemon's peak RSS: "
+                  f"{peak_mb:.0f} MB")
             return 0
         finally:
             for proc in reversed(procs):
