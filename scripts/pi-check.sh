@@ -111,11 +111,11 @@ in_root() {  # $1 = root, rest = command; a clean environment, as a login would 
 start_host_server() {
     local port
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    printf '[server]\nport = %s\n' "$port" > "$WORK/host-server.toml"
+    printf '[server]\nport = %s\n' "$port" > "$WORK/host-server-$$.toml"
     (
         source "$REPO/scripts/bootstrap.sh"
-        exec "${RUN[@]}" python -m roomscribe serve --config "$WORK/host-server.toml"
-    ) > "$WORK/host-server.log" 2>&1 &
+        exec "${RUN[@]}" python -m roomscribe serve --config "$WORK/host-server-$$.toml"
+    ) > "$WORK/host-server-$$.log" 2>&1 &
     SERVER_PID=$!
     local i
     for i in $(seq 600); do
@@ -124,12 +124,12 @@ start_host_server() {
         kill -0 "$SERVER_PID" 2>/dev/null || break
         sleep 0.5
     done
-    die "the host's server did not start: $(tail -5 "$WORK/host-server.log")"
+    die "the host's server did not start: $(tail -5 "$WORK/host-server-$$.log")"
 }
 
 SERVER_PORT=
 start_host_server
-say "native server on 127.0.0.1:$SERVER_PORT (log $WORK/host-server.log)"
+say "native server on 127.0.0.1:$SERVER_PORT (log $WORK/host-server-$$.log)"
 
 now() { date +%s; }
 
