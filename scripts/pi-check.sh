@@ -210,13 +210,13 @@ check_arch() {
     cleanup_mounts_only
 
     {
-        echo "### $arch ($(date -u +%Y-%m-%d), qemu-user $(qemu-aarch64-static --version | head -1 | grep -o '[0-9][0-9.]*' | head -1))"
+        echo "### $arch ($(date -u +%Y-%m-%d), qemu-user $(qemu-aarch64-static --version | head -1 | sed 's/.*version \([0-9.]*\).*/\1/'))"
         echo
         echo "| step | result | emulated wall time |"
         echo "|---|---|---|"
         echo "| debootstrap bookworm minbase + python3 | done | $(cat "$base.seconds" 2>/dev/null || echo '?') s |"
         echo "| install (bootstrap.sh: apt, uv, locked env) | exit $status; $(grep -o 'installed roomscribe.*' "$logs/install.log" | sed 's/ numpy \([0-9.]*\) .*/, numpy \1/' || echo 'failed') | ${install_s} s |"
-        echo "| \`bash scripts/test.sh ${marker[*]}\` | exit $tests_rc: $tests_line | ${tests_s} s |"
+        echo "| \`bash scripts/test.sh${marker:+ -m 'not server'}\` | exit $tests_rc: $tests_line | ${tests_s} s |"
         echo "| \`bash scripts/demo.sh --fast --server\` (host server) | exit $demo_rc, $transcripts transcripts | ${demo_s} s |"
         echo "| daemon peak RSS in the demo | $rss | |"
         echo "| \`systemd/install.sh\` in the chroot | $install_sh | |"
