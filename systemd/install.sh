@@ -106,7 +106,11 @@ if [[ $UNINSTALL == 1 ]]; then
         for unit in roomscribe.service roomscribe-server.service; do
             if [[ -e $UNITS/$unit ]]; then
                 say "stopping and disabling $unit"
-                systemctl disable --now "$unit" || true
+                if [[ $OFFLINE == 1 ]]; then
+                    systemctl --root=/ disable --quiet "$unit" || true
+                else
+                    systemctl disable --now "$unit" || true
+                fi
             fi
         done
     fi
@@ -239,8 +243,9 @@ getent group audio >/dev/null || say "warning: no 'audio' group; the service can
 if [[ $OFFLINE == 1 ]]; then
     # An image being built: systemd is not running, so no daemon-reload and no start.
     if [[ $START == 1 ]]; then
-        systemctl enable --quiet "${units[@]}" || die "systemctl enable failed"
-        say "enabled ${units[*]}: they start when the system boots (systemd not running here)"
+        # --root=/: on the unit files directly, no bus (a chroot has no running systemd)
+        systemctl --root=/ enable --quiet "${units[@]}" || die "systemctl enable failed"
+        say "enabled ${units[*]} for the next boot (systemd is not running here)"
     else
         say "not enabled (--no-start): systemctl enable ${units[*]}"
     fi
