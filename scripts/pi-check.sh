@@ -154,6 +154,10 @@ check_arch() {
         mv "$base.tmp" "$base"
         echo "$(( $(now) - t0 ))" > "$base.seconds"
     fi
+    # never rm -rf a tree with /dev or /proc still bound into it
+    if awk -v r="$r/" 'index($2 "/", r) == 1 { found = 1 } END { exit !found }' /proc/mounts; then
+        die "$arch: something is still mounted under $r (an earlier run?): umount it first"
+    fi
     if [[ $REUSE == 0 || ! -d $r ]]; then
         rm -rf "$r"
         cp -a "$base" "$r"
@@ -214,7 +218,7 @@ check_arch() {
         echo
         echo "| step | result | emulated wall time |"
         echo "|---|---|---|"
-        echo "| debootstrap bookworm minbase + python3 | done | $(cat "$base.seconds" 2>/dev/null || echo '?') s |"
+        echo "| debootstrap bookworm minbase + python3 | done | $(cat "$base.seconds" 2>/dev/null | sed 's/$/ s/' || true)$([[ -e $base.seconds ]] || echo 'built by an earlier run') |"
         echo "| install (bootstrap.sh: apt, uv, locked env) | exit $status; $(grep -o 'installed roomscribe.*' "$logs/install.log" | sed 's/ numpy \([0-9.]*\) .*/, numpy \1/' || echo 'failed') | ${install_s} s |"
         echo "| \`bash scripts/test.sh${marker:+ -m 'not server'}\` | exit $tests_rc: $tests_line | ${tests_s} s |"
         echo "| \`bash scripts/demo.sh --fast --server\` (host server) | exit $demo_rc, $transcripts transcripts | ${demo_s} s |"
