@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import re
 import statistics
 import sys
 import tempfile
@@ -70,8 +71,8 @@ def daemon_for(tmp: Path, name: str, room: Room, server_port: int, broker_port: 
     config = daemon_config(tmp, server_port=server_port, broker_port=broker_port,
                            wav=room.path, realtime=realtime, device=name,
                            extra=f'[gate]\nmode = "off"\n[buffer]\nseconds = {buffer_s}\n')
-    text = config.read_text().replace("final_timeout_s = 30",
-                                      f"final_timeout_s = {final_timeout_s}")
+    text = re.sub(r"final_timeout_s = \d+", f"final_timeout_s = {final_timeout_s}",
+                  config.read_text())
     config.write_text(text.replace('level = "debug"', 'level = "info"'))
     return config
 

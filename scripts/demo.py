@@ -4,21 +4,29 @@ Builds a "room" recording from the real speech in ../shared/audio (44.1 kHz ster
 as a USB mic gives it, with silences between speakers), starts a Mosquitto and the
 self-hosted server on free ports, runs the daemon on that recording at real time, and
 prints each transcript as it arrives over MQTT. Everything it started, it stops.
+It exits 0 only if transcripts arrived (and the daemon exited cleanly).
 
-    bash scripts/demo.sh [--fast] [--audio DIR]
+    bash scripts/demo.sh [--fast] [--audio DIR] [--server ws://HOST:8765/v1/realtime]
+
+--server uses a realtime server that already runs (`roomscribe serve` on another,
+64-bit machine) instead of starting one here: the server extra (faster-whisper,
+onnxruntime) is 64-bit only, so on 32-bit ARM that is the only way.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import os
+import resource
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import wave
 from pathlib import Path
@@ -29,6 +37,14 @@ import soxr
 ROOT = Path(__file__).resolve().parent.parent
 ROOM_RATE_HZ = 44_100
 GAP_S = 2.0
+# after the daemon exits, the listener gets what is still on its way; it is done once
+# nothing more arrived for this long
+SETTLE_S = 3.0
+NO_SERVER_EXTRA = (
+    "demo: no server to transcribe with: the self-hosted server needs the server extra "
+    "(faster-whisper, onnxruntime), which is 64-bit only; run `roomscribe serve` on a "
+    "64-bit machine and give its address: bash scripts/demo.sh --server "
+    "ws://HOST:8765/v1/realtime")
 
 
 def free_port() -> int:
@@ -74,17 +90,53 @@ def build_room(audio_dir: Path, out: Path) -> list[tuple[str, str]]:
     return refs
 
 
+class Lines:
+    """Echoes a process's output and counts the transcript lines in it."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        self.stream = proc.stdout
+        self.count = 0
+        self.last = time.monotonic()
+        self.thread = threading.Thread(target=self._run, name="listen-output", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        for raw in self.stream:
+            line = raw.decode(errors="replace").rstrip("\n")
+            print(line, flush=True)
+            if line.startswith("["):  # "[12:00:01] demo: text"
+                self.count += 1
+            self.last = time.monotonic()
+
+    def settle(self, quiet_s: float, most_s: float) -> None:
+        give_up = time.monotonic() + most_s
+        while time.monotonic() < give_up and time.monotonic() - self.last < quiet_s:
+            time.sleep(0.1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fast", action="store_true", help="don't pace the audio at real time")
     parser.add_argument("--audio", type=Path, default=ROOT.parent / "shared" / "audio")
+    parser.add_argument("--server", metavar="URL", default="",
+                        help="a running realtime server (ws://HOST:PORT/v1/realtime) "
+                             "instead of starting one here")
     args = parser.parse_args()
+    if args.server and not args.server.startswith(("ws://", "wss://")):
+        sys.exit(f"demo: --server {args.server!r}: give a ws:// or wss:// URL, "
+                 "e.g. ws://HOST:8765/v1/realtime")
+    if not args.server and importlib.util.find_spec("faster_whisper") is None:
+        sys.exit(NO_SERVER_EXTRA)
+    if not (args.audio / "transcripts.tsv").is_file():
+        sys.exit(f"demo: no recordings at {args.audio} (transcripts.tsv and the WAV files)")
     mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="roomscribe-demo-") as tmp_name:
         tmp = Path(tmp_name)
         refs = build_room(args.audio, tmp / "room.wav")
         broker_port, server_port = free_port(), free_port()
+        url = args.server or f"ws://127.0.0.1:{server_port}/v1/realtime"
         (tmp / "mosquitto.conf").write_text(
             f"listener {broker_port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
         (tmp / "config.toml").write_text(f"""
@@ -96,7 +148,7 @@ source = "file"
 file = "{tmp / 'room.wav'}"
 file_realtime = {str(not args.fast).lower()}
 [uplink]
-url = "ws://127.0.0.1:{server_port}/v1/realtime"
+url = "{url}"
 [mqtt]
 port = {broker_port}
 [state]
@@ -110,26 +162,40 @@ level = "warning"
         roomscribe = [sys.executable, "-m", "roomscribe"]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         try:
-            print(f"demo: broker on 127.0.0.1:{broker_port}, server on 127.0.0.1:{server_port}")
+            print(f"demo: broker on 127.0.0.1:{broker_port}, server at {url}")
             procs.append(subprocess.Popen([mosquitto, "-c", str(tmp / "mosquitto.conf")],
                                           stderr=subprocess.DEVNULL))
             wait_port(broker_port, procs[-1], "mosquitto", 10)
-            procs.append(subprocess.Popen([*roomscribe, "serve", *cfg], env=env))
-            wait_port(server_port, procs[-1], "the server", 120)
-            listener = subprocess.Popen([*roomscribe, "listen", *cfg, "--seconds", "600"],
-                                        env=env)
+            if not args.server:
+                procs.append(subprocess.Popen([*roomscribe, "serve", *cfg], env=env))
+                wait_port(server_port, procs[-1], "the server", 120)
+            listener = subprocess.Popen([*roomscribe, "listen", *cfg, "--seconds", "86400"],
+                                        env=env, stdout=subprocess.PIPE)
             procs.append(listener)
+            heard = Lines(listener)
             time.sleep(0.5)
             length = sum(len(read_mono(args.audio / n)[0]) / read_mono(args.audio / n)[1]
                          for n, _ in refs) + GAP_S * (len(refs) + 1)
             pace = "as fast as it goes" if args.fast else f"at real time ({length:.0f} s)"
             print(f"demo: playing {len(refs)} recordings {pace}; transcripts follow\n")
             daemon = subprocess.run([*roomscribe, "run", *cfg], env=env, check=False)
-            time.sleep(1.0)
+            # the only child waited for yet: its peak is the daemon's (KiB on Linux)
+            peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+            heard.settle(SETTLE_S, 60)
             print("\ndemo: what was said:")
             for name, text in refs:
                 print(f"  {name}: {text}")
-            return daemon.returncode
+            if daemon.returncode != 0:
+                print(f"demo: FAILED: the daemon exited with status {daemon.returncode}",
+                      file=sys.stderr)
+                return daemon.returncode
+            if heard.count == 0:
+                print("demo: FAILED: no transcript arrived over MQTT (the server produced no "
+                      "text for the recording; see the log above)", file=sys.stderr)
+                return 1
+            print(f"demo: {heard.count} transcripts arrived; the daemon's peak RSS: "
+                  f"{peak_mb:.0f} MB")
+            return 0
         finally:
             for proc in reversed(procs):
                 if proc.poll() is None:

@@ -8,6 +8,10 @@
 # never overwritten; secrets are copied with mode 0600 and never printed.
 # --root DIR installs into a scratch tree instead of / (no systemctl, no apt-get);
 # with --skip-venv it also skips creating the venv, which is how the tests run it.
+# In a chroot that builds an image (systemd not running: no /run/systemd/system, or
+# --offline) the units are enabled without daemon-reload or a start: they run at boot.
+# On 32-bit ARM (armhf) numpy comes from Debian (python3-numpy, the venv sees system
+# packages) and there is no --with-server: the server extra is 64-bit only.
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -17,6 +21,7 @@ ROOT=/
 UNINSTALL=0
 WITH_SERVER=0
 START=1
+OFFLINE=0
 SKIP_VENV=0
 SOURCE=$REPO
 PYTHON=python3
@@ -35,6 +40,9 @@ usage: install.sh [options]
   --api-key-file F          copy F to /etc/roomscribe/together_api_key (mode 0600)
   --mqtt-password-file F    copy F to /etc/roomscribe/mqtt_password (mode 0600)
   --no-start                install but do not enable or (re)start the services
+  --offline                 systemd is not running (an image built in a chroot): enable
+                            the units for the next boot, no daemon-reload, no start
+                            (automatic when /run/systemd/system is missing)
   --source PATH             project directory or wheel to pip-install (default: this repo)
   --python PY               interpreter for the venv (default: python3, needs 3.11+)
   --config-template F       initial config.toml (default: the repo's config.toml)
@@ -52,6 +60,7 @@ while [[ $# -gt 0 ]]; do
         --api-key-file) need_value "$@"; API_KEY_FILE=$2; shift 2 ;;
         --mqtt-password-file) need_value "$@"; MQTT_PASSWORD_FILE=$2; shift 2 ;;
         --no-start) START=0; shift ;;
+        --offline) OFFLINE=1; shift ;;
         --source) need_value "$@"; SOURCE=$2; shift 2 ;;
         --python) need_value "$@"; PYTHON=$2; shift 2 ;;
         --config-template) need_value "$@"; CONFIG_TEMPLATE=$2; shift 2 ;;
@@ -77,6 +86,15 @@ if [[ $LIVE == 1 && $EUID -ne 0 ]]; then
     die "installing into / needs root: run it with sudo (or use --root DIR)"
 fi
 
+ARCH=$(dpkg --print-architecture 2>/dev/null || uname -m)
+case $ARCH in
+    armhf|armel|arm|armv6l|armv7l) BITS32=1 ;;
+    *) BITS32=0 ;;
+esac
+if [[ $LIVE == 1 && ! -d /run/systemd/system ]]; then
+    OFFLINE=1
+fi
+
 OPT=$P/opt/roomscribe
 VENV=$OPT/venv
 ETC=$P/etc/roomscribe
@@ -88,12 +106,16 @@ if [[ $UNINSTALL == 1 ]]; then
         for unit in roomscribe.service roomscribe-server.service; do
             if [[ -e $UNITS/$unit ]]; then
                 say "stopping and disabling $unit"
-                systemctl disable --now "$unit" || true
+                if [[ $OFFLINE == 1 ]]; then
+                    systemctl --root=/ disable --quiet "$unit" || true
+                else
+                    systemctl disable --now "$unit" || true
+                fi
             fi
         done
     fi
     rm -f "$UNITS/roomscribe.service" "$UNITS/roomscribe-server.service"
-    if [[ $LIVE == 1 ]]; then
+    if [[ $LIVE == 1 && $OFFLINE == 0 ]]; then
         systemctl daemon-reload
     fi
     # OPT is never "/opt" or "": it always ends in /opt/roomscribe.
@@ -117,7 +139,12 @@ fi
 install_os_packages() {
     # pyalsaaudio has no wheels for the Pi: it compiles against alsa-lib.
     local missing=() pkg
-    for pkg in python3-venv python3-dev libasound2-dev gcc; do
+    local pkgs=(python3-venv python3-dev libasound2-dev gcc)
+    if [[ $BITS32 == 1 ]]; then
+        # no armv7l wheels on PyPI: Debian's numpy; soxr compiles (C++, CMake)
+        pkgs+=(python3-numpy g++ cmake)
+    fi
+    for pkg in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' \
             || missing+=("$pkg")
     done
@@ -129,17 +156,34 @@ install_os_packages() {
 }
 
 make_venv() {
+    if [[ $BITS32 == 1 && $WITH_SERVER == 1 ]]; then
+        die "--with-server: the server extra is 64-bit only (onnxruntime has no 32-bit ARM wheel); run the server on a 64-bit machine and set [uplink] url in $ETC/config.toml"
+    fi
     "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
         || die "$PYTHON is missing or older than 3.11 (use --python)"
+    local venv_args=()
+    if [[ $BITS32 == 1 ]]; then
+        venv_args=(--system-site-packages)  # Debian's python3-numpy
+        if [[ -x $VENV/bin/python ]] \
+                && ! grep -qs 'include-system-site-packages = true' "$VENV/pyvenv.cfg"; then
+            say "recreating $VENV so that it sees Debian's numpy"
+            rm -rf -- "$VENV"
+        fi
+    fi
     if [[ ! -x $VENV/bin/python ]]; then
         say "creating the venv in $VENV"
         mkdir -p "$OPT"
-        "$PYTHON" -m venv "$VENV" || die "could not create $VENV (is python3-venv installed?)"
+        "$PYTHON" -m venv "${venv_args[@]}" "$VENV" \
+            || die "could not create $VENV (is python3-venv installed?)"
     fi
     local target=$SOURCE
     [[ -e $target ]] || die "--source $target: no such file or directory"
     if [[ $WITH_SERVER == 1 ]]; then
         target="${target}[server]"
+    fi
+    if [[ $BITS32 == 1 ]]; then
+        "$VENV/bin/python" -c 'import numpy' 2>/dev/null \
+            || die "numpy is missing: apt-get install python3-numpy (PyPI has no 32-bit ARM wheel)"
     fi
     say "installing $target into the venv (this takes a while on a Pi)"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check --upgrade "$target" \
@@ -196,6 +240,17 @@ if [[ $LIVE == 0 ]]; then
     exit 0
 fi
 getent group audio >/dev/null || say "warning: no 'audio' group; the service cannot open /dev/snd"
+if [[ $OFFLINE == 1 ]]; then
+    # An image being built: systemd is not running, so no daemon-reload and no start.
+    if [[ $START == 1 ]]; then
+        # --root=/: on the unit files directly, no bus (a chroot has no running systemd)
+        systemctl --root=/ enable --quiet "${units[@]}" || die "systemctl enable failed"
+        say "enabled ${units[*]} for the next boot (systemd is not running here)"
+    else
+        say "not enabled (--no-start): systemctl enable ${units[*]}"
+    fi
+    exit 0
+fi
 systemctl daemon-reload
 if [[ $START == 0 ]]; then
     say "not started (--no-start): systemctl enable --now ${units[*]}"

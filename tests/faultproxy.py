@@ -15,6 +15,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from conftest import free_port
+from timing import scaled
 
 
 class FaultProxy:
@@ -28,7 +29,7 @@ class FaultProxy:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="faultproxy", daemon=True)
         self._thread.start()
-        if not self._ready.wait(5):
+        if not self._ready.wait(scaled(5)):
             raise RuntimeError("fault proxy did not start")
 
     def _run(self) -> None:

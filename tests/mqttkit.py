@@ -19,6 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from roomscribe import payload
 from roomscribe.config import DeviceSettings, Settings, StateSettings
 from roomscribe.transcript import Transcript
+from timing import scaled
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "docs" / "schemas"
 DEVICE = "dev1"
@@ -55,6 +56,7 @@ def transcript(text: str, end: float | None = None) -> Transcript:
 
 
 def wait(cond: Callable[[], bool], timeout_s: float = 20.0, what: str = "condition") -> None:
+    timeout_s = scaled(timeout_s)
     deadline = time.monotonic() + timeout_s
     while not cond():
         if time.monotonic() > deadline:
@@ -64,6 +66,7 @@ def wait(cond: Callable[[], bool], timeout_s: float = 20.0, what: str = "conditi
 
 async def await_until(cond: Callable[[], bool], timeout_s: float = 20.0,
                       what: str = "condition") -> None:
+    timeout_s = scaled(timeout_s)
     deadline = time.monotonic() + timeout_s
     while not cond():
         if time.monotonic() > deadline:
@@ -89,7 +92,7 @@ class Subscriber:
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
-        if not self._subscribed.wait(10):
+        if not self._subscribed.wait(scaled(10)):
             raise TimeoutError("subscriber got no SUBACK")
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:

@@ -17,6 +17,7 @@ from mqttkit import transcript
 from roomscribe import config
 from roomscribe.outbox import Outbox
 from roomscribe.publish import Publisher
+from timing import scaled
 
 
 def say(word: str) -> None:
@@ -31,7 +32,7 @@ async def main(path: str, count: int, prefix: str) -> None:
         pub.submit(transcript(f"{prefix} {i}"))
     say("submitted")
     task = asyncio.create_task(pub.run(), name="publish")
-    async with asyncio.timeout(120):
+    async with asyncio.timeout(scaled(120)):
         while not pub.connected:
             await asyncio.sleep(0.02)
         say("connected")

@@ -17,6 +17,7 @@ import numpy as np
 import soxr
 
 from conftest import AUDIO_DIR, free_port, reference_texts, wait_port
+from timing import scaled, scaled_s
 
 PYTHON = [sys.executable, "-m", "roomscribe"]
 SERVER = [sys.executable, "-m", "roomscribe.server"]
@@ -99,23 +100,23 @@ class Proc:
 
     def wait(self, timeout_s: float) -> int:
         assert self.proc is not None
-        return self.proc.wait(timeout_s)
+        return self.proc.wait(scaled(timeout_s))
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         if self.proc is None:
             return None
         self.signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout_s)
+            return self.proc.wait(scaled(timeout_s))
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            self.proc.wait(5)
+            self.proc.wait(scaled(5))
             return None
 
     def kill(self) -> None:
         self.signal(signal.SIGKILL)
         if self.proc:
-            self.proc.wait(5)
+            self.proc.wait(scaled(5))
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -132,7 +133,7 @@ def start_server(tmp: Path, port: int | None = None, extra: str = "") -> tuple[P
     proc = Proc([*SERVER, "--config", str(server_config(tmp, port, extra))],
                 tmp / f"server-{port}.log")
     proc.start()
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + scaled(120)
     while time.monotonic() < deadline:
         assert proc.proc is not None
         if proc.proc.poll() is not None:
@@ -157,7 +158,7 @@ room = "Test room"
 {capture}
 [uplink]
 url = "ws://127.0.0.1:{server_port}/v1/realtime"
-final_timeout_s = 30
+final_timeout_s = {scaled_s(30)}
 backoff_max_s = 2
 [mqtt]
 port = {broker_port}

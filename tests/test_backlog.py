@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +67,8 @@ def run_backlog(tmp: Path, broker: Broker, rounds: int, final_timeout_s: float
     sub = Subscriber(broker.port)
     config = daemon_config(tmp, server_port=port, broker_port=broker.port, wav=room.path,
                            realtime=False, extra="[gate]\nmode = \"off\"\n")
-    text = config.read_text().replace("final_timeout_s = 30",
-                                      f"final_timeout_s = {final_timeout_s}")
+    text = re.sub(r"final_timeout_s = \d+", f"final_timeout_s = {final_timeout_s}",
+                  config.read_text())
     config.write_text(text.replace("[uplink]\n", "[uplink]\nwindow_s = 20\n", 1))
     daemon = start_daemon(tmp, config)
     try:

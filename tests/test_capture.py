@@ -36,6 +36,7 @@ from roomscribe.capture import (
 )
 from roomscribe.config import CaptureSettings
 from roomscribe.convert import Converter
+from timing import scaled
 
 JFK = AUDIO_DIR / "jfk-44k1-stereo.wav"
 
@@ -105,7 +106,7 @@ def asoundrc(tmp: Path, infile: Path) -> Path:
 def run_child(conf: Path, args: dict[str, Any]) -> Any:
     env = {"ALSA_CONFIG_PATH": str(conf), "PATH": "/usr/bin:/bin"}
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], env=env,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=scaled(60))
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

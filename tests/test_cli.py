@@ -30,6 +30,7 @@ from conftest import Broker, free_port
 from stack import CLIPS, PYTHON, make_room, start_server
 from test_pipeline import FifoMic, alsa_config
 from test_publish import password_broker  # noqa: F401  (a fixture, used by name)
+from timing import scaled, scaled_s
 
 ROOMSCRIBE = str(Path(sys.executable).parent / "roomscribe")
 KEY = "right"  # the one token the test server accepts
@@ -46,7 +47,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 def run_cli(*args: str, env: dict[str, str] | None = None,
             timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([ROOMSCRIBE, *args], capture_output=True, text=True,
-                          timeout=timeout_s, env=env or clean_env())
+                          timeout=scaled(timeout_s), env=env or clean_env())
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +98,7 @@ rate_hz = 44100
 channels = 2
 [uplink]
 url = "ws://127.0.0.1:{server_port}/v1/realtime"
-connect_timeout_s = 10
+connect_timeout_s = {scaled_s(10)}
 [mqtt]
 port = {broker_port}
 {user}
@@ -295,7 +296,7 @@ channels = 1
 mode = "off"
 [uplink]
 url = "ws://127.0.0.1:{server}/v1/realtime"
-final_timeout_s = 5
+final_timeout_s = {scaled_s(5)}
 [mqtt]
 port = {broker.port}
 [state]
@@ -347,7 +348,7 @@ dir = "{tmp_path / 'state'}"
         assert notify.times("WATCHDOG=1", since=fed_until + 8.0), notify.messages
 
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0, output()
+        assert proc.wait(scaled(30)) == 0, output()
         notify.collect(0.2)
         assert "STOPPING=1" in [m for _, m in notify.messages], notify.messages
         # what `systemctl status` shows: one line each, and here the server was reached
@@ -357,7 +358,7 @@ dir = "{tmp_path / 'state'}"
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait(5)
+            proc.wait(scaled(5))
         proc.stdin.close()
         notify.close()
 
@@ -368,7 +369,7 @@ dir = "{tmp_path / 'state'}"
 def test_version_and_help() -> None:
     done = run_cli("--version")
     assert done.returncode == 0 and re.fullmatch(r"roomscribe \d+\.\d+\S*\n", done.stdout)
-    done = subprocess.run([*PYTHON, "--help"], capture_output=True, text=True, timeout=30,
+    done = subprocess.run([*PYTHON, "--help"], capture_output=True, text=True, timeout=scaled(30),
                           env=clean_env())
     assert done.returncode == 0
     for command in ("run", "check", "devices", "level", "listen", "serve"):

@@ -12,6 +12,7 @@ import pytest
 
 from roomscribe import config
 from roomscribe.config import ConfigError
+from timing import scaled
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -46,7 +47,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     import os
 
     return subprocess.run([sys.executable, "-m", "roomscribe", *args], capture_output=True,
-                          text=True, timeout=60,
+                          text=True, timeout=scaled(60),
                           env={**os.environ, "TOGETHER_API_KEY": "", **(env or {})})
 
 

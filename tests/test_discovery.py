@@ -33,6 +33,7 @@ from roomscribe.config import DeviceSettings, MqttSettings, Settings
 from roomscribe.message import Message
 from roomscribe.mute import mute_topics
 from roomscribe.transcript import Transcript
+from timing import scaled
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "docs" / "schemas"
 ID_CHARS = re.compile(r"^[a-zA-Z0-9_-]+$")
@@ -91,7 +92,7 @@ def _jinja_python() -> str | None:
     if exe is None:
         return None
     probe = subprocess.run([exe, "-c", "import jinja2.sandbox"], capture_output=True,
-                           timeout=30, check=False, env={**os.environ, "PYTHONPATH": ""})
+                           timeout=scaled(30), check=False, env={**os.environ, "PYTHONPATH": ""})
     return exe if probe.returncode == 0 else None
 
 
@@ -101,7 +102,7 @@ def render(pairs: list[tuple[str, str]]) -> list[str]:
     if exe is None:
         pytest.skip("jinja2 not available: template structure is tested instead")
     out = subprocess.run([exe, "-c", _RENDER], input=json.dumps(pairs), capture_output=True,
-                         text=True, timeout=60, check=True)
+                         text=True, timeout=scaled(60), check=True)
     return [json.loads(line) for line in out.stdout.splitlines()]
 
 

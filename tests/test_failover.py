@@ -21,6 +21,7 @@ from conftest import Broker, assert_heard
 from mqttkit import Subscriber, wait
 from stack import CLIPS, Proc, Room, daemon_config, make_room, start_daemon, start_server
 from test_faults import finish, iso, with_uplink
+from timing import scaled
 
 pytestmark = pytest.mark.server
 
@@ -89,7 +90,7 @@ def test_primary_killed_fallback_takes_over_and_back(tmp_path: Path, broker: Bro
     assert runs == ["whisper-primary", "whisper-fallback", "whisper-primary"], models
     # The failover policy waits failover_after_s (3 s) of failing; the rest is
     # connecting, with room for a slow machine.
-    assert failover_s < 3.0 + 10.0, failover_s
+    assert failover_s < 3.0 + scaled(10.0), failover_s
     print(f"failover took {failover_s:.1f} s")
     assert "Traceback" not in out
 
@@ -101,7 +102,7 @@ def test_a_full_primary_sends_the_daemon_elsewhere_at_once(tmp_path: Path,
     daemon: Proc | None = None
     # Another room holds the primary's only session.
     with connect(f"ws://127.0.0.1:{primary_port}/v1/realtime?model=whisper-1"
-                 "&input_audio_format=pcm_s16le_16000", open_timeout=30) as other:
+                 "&input_audio_format=pcm_s16le_16000", open_timeout=scaled(30)) as other:
         try:
             daemon = start_daemon(tmp_path, config)
             wait(lambda: opened(fallback) >= 1, timeout_s=60, what="the fallback's session")

@@ -36,6 +36,7 @@ from stack import (
     start_server,
 )
 from test_pipeline import FifoMic, alsa_config
+from timing import scaled
 
 pytestmark = pytest.mark.server
 
@@ -181,7 +182,7 @@ class LoopServer:
         ready = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
         self._thread.start()
-        if not ready.wait(10):
+        if not ready.wait(scaled(10)):
             raise RuntimeError(f"{type(self).__name__} did not start")
 
     def _run(self, ready: threading.Event) -> None:

@@ -39,6 +39,7 @@ from roomscribe.publish import Publisher
 from stack import PYTHON, Proc, daemon_config, read_mono_16k, start_server
 from test_discovery import ID_CHARS, schema_validator
 from test_publish import make_tls_files
+from timing import scaled
 
 JFK = "jfk-44k1-stereo.wav"
 AMI = "ami-es2011a-16k.wav"
@@ -159,7 +160,7 @@ def configs(sub: Subscriber) -> list[mqtt.MQTTMessage]:
 def command(port: int, topic: str, body: bytes, done: Callable[[], bool], what: str) -> None:
     """Send a command until done() (the daemon may still be subscribing right after
     it came online); repeats of the same ON/OFF are harmless."""
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + scaled(20)
     while not done():
         if time.monotonic() > deadline:
             raise TimeoutError(f"no effect of {body!r} on {topic}: {what}")
@@ -168,7 +169,7 @@ def command(port: int, topic: str, body: bytes, done: Callable[[], bool], what: 
 
 
 def wait_or_pass(cond: Callable[[], bool], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + scaled(timeout_s)
     while not cond() and time.monotonic() < deadline:
         time.sleep(0.02)
 
@@ -524,7 +525,7 @@ def tls_broker(tmp_path: Path) -> Iterator[Broker]:
     make_tls_files(tmp_path)
     pw = tmp_path / "passwd"
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(pw), USER, PASSWORD],
-                   check=True, timeout=30, capture_output=True)
+                   check=True, timeout=scaled(30), capture_output=True)
     # "user root": as root, mosquitto would switch to its own user, who cannot read tmp_path.
     b = start_broker(tmp_path, f"cafile {tmp_path}/ca.crt\ncertfile {tmp_path}/server.crt\n"
                                f"keyfile {tmp_path}/server.key\nallow_anonymous false\n"
@@ -592,7 +593,7 @@ def test_tls_with_a_password_and_a_wrong_password(tls_broker: Broker, tmp_path: 
 def forget(config_path: Path,
            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*PYTHON, "forget", "--config", str(config_path)],
-                          capture_output=True, text=True, timeout=60,
+                          capture_output=True, text=True, timeout=scaled(60),
                           env={**os.environ, **(env or {})}, check=False)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
+from timing import scaled
 
 INSTALL = REPO / "systemd" / "install.sh"
 SECRET = "sk-test-0123456789-not-a-real-key"
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["bash", str(INSTALL), *args], capture_output=True, text=True,
-                          timeout=60, check=False)
+                          timeout=scaled(60), check=False)
 
 
 def mode(path: Path) -> int:

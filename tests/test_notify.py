@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from roomscribe.notify import Notifier, Watchdog, status_line
+from timing import scaled
 
 # -- the no-I/O core -----------------------------------------------------------------
 
@@ -162,7 +163,7 @@ def test_ready_status_stopping_arrive(listener: Listener) -> None:
 
 def test_watchdog_pings_while_frames_arrive_and_stop_when_they_stop(
         listener: Listener) -> None:
-    asyncio.run(asyncio.wait_for(watchdog_scenario(listener), 30.0))
+    asyncio.run(asyncio.wait_for(watchdog_scenario(listener), scaled(30.0)))
 
 
 async def watchdog_scenario(listener: Listener) -> None:
@@ -171,7 +172,7 @@ async def watchdog_scenario(listener: Listener) -> None:
     pinger = asyncio.create_task(notifier.run_watchdog(), name="watchdog")
     loop = asyncio.get_running_loop()
     got: list[str] = []
-    deadline = loop.time() + 10.0
+    deadline = loop.time() + scaled(10.0)
     while got.count("WATCHDOG=1") < 3 and loop.time() < deadline:
         notifier.frame_arrived(loop.time())
         await asyncio.sleep(0.05)
@@ -179,7 +180,7 @@ async def watchdog_scenario(listener: Listener) -> None:
     assert got.count("WATCHDOG=1") >= 3
 
     # Frames stop. After the stall bound plus a poll, no ping may follow.
-    await asyncio.sleep(0.4 + 0.4)
+    await asyncio.sleep(scaled(0.4 + 0.4))
     listener.drain()
     await asyncio.sleep(0.8)
     assert listener.drain() == []

@@ -12,6 +12,7 @@ import pytest
 
 from mqttkit import DEVICE, ROOM, transcript, validate
 from roomscribe.outbox import Outbox, OutboxError
+from timing import scaled
 
 
 def test_add_pending_ack(tmp_path: Path) -> None:
@@ -58,7 +59,7 @@ def test_sigkill_right_after_add_loses_nothing(tmp_path: Path) -> None:
             box.add(transcript(f"kill {{i}}"), device="dev1")
         os.kill(os.getpid(), signal.SIGKILL)
     """)
-    proc = subprocess.run([sys.executable, "-c", child], timeout=60, capture_output=True)
+    proc = subprocess.run([sys.executable, "-c", child], timeout=scaled(60), capture_output=True)
     assert proc.returncode == -9, proc.stderr.decode()
     box = Outbox(path)
     assert [json.loads(e.payload)["text"] for e in box.pending()] == [

@@ -23,6 +23,7 @@ import pytest
 from conftest import Broker, assert_heard
 from mqttkit import Subscriber, wait
 from stack import CLIPS, Proc, Room, daemon_config, make_room, start_daemon, start_server
+from timing import scaled
 
 pytestmark = pytest.mark.server
 
@@ -167,7 +168,7 @@ def test_daemon_killed_during_broker_outage_delivers_after_restart(
         stored = _outbox_ids(outbox)
         sub._subscribed.clear()
         broker.start()
-        assert sub._subscribed.wait(15), "the test's subscriber did not come back"
+        assert sub._subscribed.wait(scaled(15)), "the test's subscriber did not come back"
         again = run_file_daemon(tmp_path, quiet, server, broker, name="restarted")
         assert again.wait(60) == 0, again.output()[-2000:]
         wait(lambda: len(sub.texts()) >= len(stored), timeout_s=10,

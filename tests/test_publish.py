@@ -21,6 +21,7 @@ from roomscribe.config import Settings
 from roomscribe.message import Message
 from roomscribe.outbox import Outbox
 from roomscribe.publish import Publisher, PublishError
+from timing import scaled
 
 CHILD = Path(__file__).resolve().parent / "publish_child.py"
 
@@ -34,7 +35,7 @@ def run_with_publisher(s: Settings, body: Callable[[Publisher, Outbox], Awaitabl
         pub = Publisher(s, outbox, password)
         task = asyncio.create_task(pub.run(), name="publish")
         try:
-            async with asyncio.timeout(90):
+            async with asyncio.timeout(scaled(90)):
                 await body(pub, outbox)
         finally:
             await pub.close(5.0)
@@ -144,7 +145,7 @@ def test_connect_hooks_and_subscriptions(broker: Broker, tmp_path: Path) -> None
         pub.subscribe(f"roomscribe/{DEVICE}/mute/set", lambda t, b: commands.append((t, b)))
         task = asyncio.create_task(pub.run(), name="publish")
         try:
-            async with asyncio.timeout(60):
+            async with asyncio.timeout(scaled(60)):
                 await body(pub, outbox)
         finally:
             await pub.close()
@@ -212,7 +213,7 @@ class Child:
 
     def expect(self, word: str, timeout_s: float = 30.0) -> None:
         assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + scaled(timeout_s)
         # Lines come in a fixed order and the child exits after 120 s, so readline ends.
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline().strip()
@@ -224,7 +225,7 @@ class Child:
 
     def kill(self) -> None:
         os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
+        self.proc.wait(scaled(10))
         assert self.proc.stdout is not None
         self.proc.stdout.close()
 
@@ -297,7 +298,7 @@ def test_expired_transcripts_are_not_delivered(broker: Broker, tmp_path: Path,
 def password_broker(tmp_path: Path) -> Iterator[Broker]:
     pw = tmp_path / "passwd"
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(pw), "mic", "s3cret-Pa55"],
-                   check=True, timeout=30, capture_output=True)
+                   check=True, timeout=scaled(30), capture_output=True)
     # "user root": as root, mosquitto would switch to its own user, who cannot read tmp_path.
     b = start_broker(tmp_path, f"allow_anonymous false\npassword_file {pw}\nuser root\n")
     yield b
@@ -349,7 +350,8 @@ def test_wrong_password_is_one_clear_line(password_broker: Broker, tmp_path: Pat
 def make_tls_files(d: Path) -> None:
     """A throwaway CA and a server certificate for 127.0.0.1, made with openssl."""
     def ssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, timeout=60, capture_output=True, cwd=d)
+        subprocess.run(["openssl", *args], check=True, timeout=scaled(60), capture_output=True,
+                       cwd=d)
 
     (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
     ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import AUDIO_DIR, REPO
+from timing import scaled
 
 UNITS = REPO / "systemd"
 EXEC = Path("opt/roomscribe/venv/bin/roomscribe")
@@ -52,7 +53,7 @@ def scratch_root(tmp_path: Path, with_exec: bool = True) -> Path:
 
 def analyze(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["systemd-analyze", *args], capture_output=True, text=True,
-                          timeout=60, check=False)
+                          timeout=scaled(60), check=False)
 
 
 UNIT_NAMES = ["roomscribe.service", "roomscribe-server.service"]
@@ -151,7 +152,7 @@ def test_capture_stack_works_without_writable_executable_memory(tmp_path: Path) 
     """)
     env = {"ALSA_CONFIG_PATH": str(conf), "PATH": "/usr/bin:/bin"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, env=env,
-                            timeout=60, check=False)
+                            timeout=scaled(60), check=False)
     assert result.returncode == 0, result.stderr.decode()
     captured = result.stdout
     assert len(captured) == 10 * 1024 * 2

@@ -20,6 +20,7 @@ from roomscribe.ring import Ring
 from roomscribe.transcript import Transcript
 from roomscribe.uplink import Uplink
 from stack import CLIPS, read_mono_16k, start_server
+from timing import scaled
 
 pytestmark = pytest.mark.server
 T0 = 1_800_000_000.0
@@ -37,8 +38,8 @@ def room_pcm(clips: list[str], gap_s: float = 2.0) -> tuple[np.ndarray, list[tup
 
 
 def settings(port: int, **kw: float) -> UplinkSettings:
-    return UplinkSettings(url=f"ws://127.0.0.1:{port}/v1/realtime", final_timeout_s=30,
-                          backoff_max_s=1.0, connect_timeout_s=5, ping_interval_s=1,
+    return UplinkSettings(url=f"ws://127.0.0.1:{port}/v1/realtime", final_timeout_s=scaled(30),
+                          backoff_max_s=1.0, connect_timeout_s=scaled(5), ping_interval_s=1,
                           ping_timeout_s=2, **kw)  # type: ignore[arg-type]
 
 

@@ -25,6 +25,7 @@ from roomscribe.server.scheduler import Scheduler
 from roomscribe.server.session import DecodeJob, Limits, Session
 from roomscribe.server.transcriber import Transcriber
 from roomscribe.server.vad import VadParams
+from timing import scaled
 
 AUDIO_DIR = (Path(__file__).resolve().parents[3] / "shared" / "audio").resolve()
 FILES = ["jfk-44k1-stereo.wav", "lj002-0020-22k05.wav", "lj002-0035-22k05.wav",
@@ -159,13 +160,13 @@ def server(settings: ServerSettings | None = None) -> Iterator[int]:
     thread = threading.Thread(target=asyncio.run, args=(main(),), name="test-server",
                               daemon=True)
     thread.start()
-    if not ready.wait(30):
+    if not ready.wait(scaled(30)):
         raise TimeoutError("server did not start")
     try:
         yield int(state["port"])
     finally:
         state["loop"].call_soon_threadsafe(state["stop"].set)
-        thread.join(15)
+        thread.join(scaled(15))
 
 
 Result = tuple[str, str | None, str | None]  # item id, text, error
@@ -181,7 +182,7 @@ def run_held_scheduler(script: Callable[[Scheduler, Deliver], Awaitable[None]],
     done: list[Result] = []
 
     def transcribe(pcm: npt.NDArray[np.int16], final: bool) -> str:
-        gate.wait(10)
+        gate.wait(scaled(10))
         if fail and len(done) == 1:  # the second decode breaks (the fault is the point)
             raise RuntimeError(fail)
         return "text"
@@ -199,7 +200,7 @@ def run_held_scheduler(script: Callable[[Scheduler, Deliver], Awaitable[None]],
         await script(sched, deliver)
         await asyncio.sleep(0.05)
         gate.set()
-        await asyncio.wait_for(finished.wait(), 20)
+        await asyncio.wait_for(finished.wait(), scaled(20))
         await asyncio.sleep(linger_s)
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)

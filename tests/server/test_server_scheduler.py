@@ -16,6 +16,7 @@ pytest.importorskip("faster_whisper")
 from roomscribe.server.scheduler import Scheduler
 from roomscribe.server.session import DecodeJob
 from server_support import Deliver, Result, run_held_scheduler
+from timing import scaled
 
 pytestmark = pytest.mark.server
 
@@ -68,7 +69,7 @@ class HeldModel:
         with self._lock:
             self.started.append(len(pcm))
             gate = self._release.setdefault(len(pcm), threading.Event())
-        gate.wait(10)
+        gate.wait(scaled(10))
         return "text"
 
     def release(self, n: int) -> None:
@@ -81,7 +82,7 @@ def sized(session: str, item: str, n: int, final: bool = True) -> DecodeJob:
 
 
 async def until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
+    deadline = asyncio.get_running_loop().time() + scaled(timeout_s)
     while not predicate():
         assert asyncio.get_running_loop().time() < deadline, "timed out"
         await asyncio.sleep(0.01)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from server_support import append, coverage, server, silence, speech
+from timing import scaled
 
 pytest.importorskip("faster_whisper")
 
@@ -147,7 +148,7 @@ def url(port: int, query: str = QUERY, path: str = "/v1/realtime") -> str:
 def receive_until(ws: ClientConnection, kind: str, timeout_s: float = 60) -> list[dict[str, Any]]:
     seen: list[dict[str, Any]] = []
     while True:
-        event = json.loads(ws.recv(timeout=timeout_s))
+        event = json.loads(ws.recv(timeout=scaled(timeout_s)))
         seen.append(event)
         if event["type"] == kind:
             return seen
@@ -155,7 +156,7 @@ def receive_until(ws: ClientConnection, kind: str, timeout_s: float = 60) -> lis
 
 def transcribe(port: int, name: str, query: str = QUERY) -> tuple[list[dict[str, Any]], str]:
     headers = {"Authorization": f"Bearer {KEY}", "OpenAI-Beta": "realtime=v1"}
-    with connect(url(port, query), additional_headers=headers, open_timeout=10) as ws:
+    with connect(url(port, query), additional_headers=headers, open_timeout=scaled(10)) as ws:
         events = receive_until(ws, "session.created")
         pcm = np.concatenate([silence(0.3), speech(name), silence(0.3)])
         for i in range(0, len(pcm), 4096):
@@ -175,9 +176,9 @@ def test_socket_bearer_header_full_round_trip(port: int) -> None:
 def test_socket_subprotocol_auth_selects_realtime(port: int) -> None:
     offered = ["realtime", f"openai-insecure-api-key.{KEY}", "openai-beta.realtime-v1"]
     with connect(url(port, path="/realtime"), subprotocols=offered,  # type: ignore[arg-type]
-                 open_timeout=10) as ws:
+                 open_timeout=scaled(10)) as ws:
         assert ws.subprotocol == "realtime"
-        assert json.loads(ws.recv(timeout=10))["type"] == "session.created"
+        assert json.loads(ws.recv(timeout=scaled(10)))["type"] == "session.created"
 
 
 @pytest.mark.parametrize(("query", "headers", "status", "code"), [
@@ -191,7 +192,7 @@ def test_socket_subprotocol_auth_selects_realtime(port: int) -> None:
 def test_socket_handshake_errors_are_http_json(port: int, query: str, headers: dict[str, str],
                                                status: int, code: str) -> None:
     with pytest.raises(InvalidStatus) as info:
-        connect(url(port, query), additional_headers=headers, open_timeout=10)
+        connect(url(port, query), additional_headers=headers, open_timeout=scaled(10))
     response = info.value.response
     assert response.status_code == status
     assert response.headers["Content-Type"] == "application/json"
@@ -212,7 +213,7 @@ def test_socket_two_authorization_headers_is_400_not_500(port: int) -> None:
 
 def test_socket_bad_input_then_the_session_goes_on(port: int) -> None:
     with connect(url(port), additional_headers={"Authorization": f"Bearer {KEY}"},
-                 open_timeout=10) as ws:
+                 open_timeout=scaled(10)) as ws:
         receive_until(ws, "session.created")
         ws.send("{not json")
         assert receive_until(ws, "error")[-1]["error"]["code"] == "invalid_json"
@@ -222,7 +223,7 @@ def test_socket_bad_input_then_the_session_goes_on(port: int) -> None:
 
 def test_socket_oversized_message_closes_1009(port: int) -> None:
     with connect(url(port), additional_headers={"Authorization": f"Bearer {KEY}"},
-                 open_timeout=10) as ws:
+                 open_timeout=scaled(10)) as ws:
         receive_until(ws, "session.created")
         ws.send(append(silence(3.0)))  # 128 kB of base64 > 64 kB limit
         with pytest.raises(ConnectionClosed) as info:
@@ -251,14 +252,15 @@ def test_two_concurrent_sessions_get_their_own_transcripts(port: int) -> None:
 def test_over_max_sessions_says_retry_elsewhere() -> None:
     """Together's SDK reads close code 4503 / no_healthy_workers as "go to another
     endpoint now"; an HTTP 503 would only make it back off here."""
-    with server(ServerSettings(max_sessions=1)) as p, connect(url(p), open_timeout=10) as ws:
+    with server(ServerSettings(max_sessions=1)) as p, \
+            connect(url(p), open_timeout=scaled(10)) as ws:
         receive_until(ws, "session.created")
-        with connect(url(p), open_timeout=10) as refused:
-            event = json.loads(refused.recv(timeout=10))
+        with connect(url(p), open_timeout=scaled(10)) as refused:
+            event = json.loads(refused.recv(timeout=scaled(10)))
             assert event["type"] == "error"
             assert event["error"]["code"] == "no_healthy_workers"
             with pytest.raises(ConnectionClosed) as info:
-                refused.recv(timeout=10)
+                refused.recv(timeout=scaled(10))
         assert info.value.rcvd is not None and info.value.rcvd.code == 4503
         ws.send(json.dumps({"type": "input_audio_buffer.commit"}))  # the first still works
         answer = receive_until(ws, "error")[-1]  # it has sent nothing to transcribe
@@ -268,20 +270,21 @@ def test_over_max_sessions_says_retry_elsewhere() -> None:
 def test_silent_sockets_are_closed_so_they_cannot_lock_rooms_out() -> None:
     """Sockets that send no audio hold no session past idle_timeout_s: a room that
     was refused while they held every session gets in afterwards."""
-    with server(ServerSettings(max_sessions=2, idle_timeout_s=2.0)) as p, \
-            connect(url(p), open_timeout=10) as a, connect(url(p), open_timeout=10) as b:
+    with server(ServerSettings(max_sessions=2, idle_timeout_s=scaled(3.0))) as p, \
+            connect(url(p), open_timeout=scaled(10)) as a, \
+            connect(url(p), open_timeout=scaled(10)) as b:
         for ws in (a, b):
             receive_until(ws, "session.created")
-        with connect(url(p), open_timeout=10) as refused:
-            assert json.loads(refused.recv(timeout=10))["error"]["code"] == \
+        with connect(url(p), open_timeout=scaled(10)) as refused:
+            assert json.loads(refused.recv(timeout=scaled(10)))["error"]["code"] == \
                 "no_healthy_workers"
         for ws in (a, b):  # each is closed by the server, normally, with a reason
             with pytest.raises(ConnectionClosed) as info:
                 while True:
-                    ws.recv(timeout=30)
+                    ws.recv(timeout=scaled(30))
             assert info.value.rcvd is not None and info.value.rcvd.code == 1000
             assert info.value.rcvd.reason == "idle timeout"
-        with connect(url(p), open_timeout=10) as late:
+        with connect(url(p), open_timeout=scaled(10)) as late:
             receive_until(late, "session.created")
             late.send(append(speech("jfk-44k1-stereo.wav")))
             late.send(json.dumps({"type": "input_audio_buffer.commit"}))
@@ -312,11 +315,11 @@ def test_serve_runs_until_sigterm_and_exits_0() -> None:
                             env=env, stderr=subprocess.PIPE)
     try:
         wait_port(p, 60)
-        with connect(url(p), open_timeout=10) as ws:
-            assert json.loads(ws.recv(timeout=10))["type"] == "session.created"
+        with connect(url(p), open_timeout=scaled(10)) as ws:
+            assert json.loads(ws.recv(timeout=scaled(10)))["type"] == "session.created"
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0
+        assert proc.wait(scaled(20)) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait(5)
+            proc.wait(scaled(5))
