@@ -185,14 +185,14 @@ level = "warning"
             print("\ndemo: what was said:")
             for name, text in refs:
                 print(f"  {name}: {text}")
+            if heard.count == 0:  # the failure a user sees, whatever the daemon said
+                print("demo: FAILED: no transcript arrived over MQTT (the server produced no "
+                      "text for the recording; see the log above)", file=sys.stderr)
+                return 1
             if daemon.returncode != 0:
                 print(f"demo: FAILED: the daemon exited with status {daemon.returncode}",
                       file=sys.stderr)
                 return daemon.returncode
-            if heard.count == 0:
-                print("demo: FAILED: no transcript arrived over MQTT (the server produced no "
-                      "text for the recording; see the log above)", file=sys.stderr)
-                return 1
             print(f"demo: {heard.count} transcripts arrived; the daemon's peak RSS: "
                   f"{peak_mb:.0f} MB")
             return 0

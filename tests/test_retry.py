@@ -49,7 +49,8 @@ def test_a_fault_inside_the_connection_library_is_transient() -> None:
 
     async def race() -> BaseException:
         # A connection whose transport is gone: send_context() aborts it and trips.
-        conn = ClientConnection(ClientProtocol(parse_uri("ws://127.0.0.1/")))
+        conn = ClientConnection(ClientProtocol(parse_uri("ws://127.0.0.1/")),
+                                close_timeout=0.1)
         try:
             await conn.send("x")
         except Exception as exc:
