@@ -68,6 +68,19 @@ if ! command -v uv >/dev/null; then
 fi
 cd "$ROOT"
 
+# The test recordings (shared/audio): beside this clone, or beside the repository it
+# was cloned from (a clone made elsewhere, e.g. in /tmp). ROOMSCRIBE_SHARED wins.
+if [ -z "${ROOMSCRIBE_SHARED:-}" ]; then
+  origin=$(git -C "$ROOT" config --get remote.origin.url 2>/dev/null || true)
+  for dir in "$ROOT/../shared" "${origin:+$origin/../shared}"; do
+    if [ -n "$dir" ] && [ -d "$dir/audio" ]; then
+      ROOMSCRIBE_SHARED=$(cd "$dir" && pwd)
+      break
+    fi
+  done
+fi
+[ -n "${ROOMSCRIBE_SHARED:-}" ] && export ROOMSCRIBE_SHARED
+
 if [ "$ROOMSCRIBE_32BIT" = 0 ]; then
   uv sync --quiet --locked --extra server
   RUN=(uv run --locked --extra server)

@@ -118,7 +118,8 @@ class Lines:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fast", action="store_true", help="don't pace the audio at real time")
-    parser.add_argument("--audio", type=Path, default=ROOT.parent / "shared" / "audio")
+    parser.add_argument("--audio", type=Path, default=Path(
+        os.environ.get("ROOMSCRIBE_SHARED") or ROOT.parent / "shared") / "audio")
     parser.add_argument("--server", metavar="URL", default="",
                         help="a running realtime server (ws://HOST:PORT/v1/realtime) "
                              "instead of starting one here")

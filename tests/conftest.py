@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import os
 import shutil
 import socket
 import subprocess
@@ -17,7 +18,9 @@ import pytest
 from timing import SLOWDOWN, SOURCE, scaled
 
 REPO = Path(__file__).resolve().parent.parent
-AUDIO_DIR = (REPO.parent / "shared" / "audio").resolve()
+# shared/ beside the checkout, or where scripts/bootstrap.sh found it.
+AUDIO_DIR = (Path(os.environ.get("ROOMSCRIBE_SHARED") or REPO.parent / "shared")
+             / "audio").resolve()
 
 
 # The server extra (faster-whisper, onnxruntime) installs on 64-bit machines only:

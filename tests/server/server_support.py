@@ -13,7 +13,6 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,6 @@ from roomscribe.server.transcriber import Transcriber
 from roomscribe.server.vad import VadParams
 from timing import scaled
 
-AUDIO_DIR = (Path(__file__).resolve().parents[3] / "shared" / "audio").resolve()
 FILES = ["jfk-44k1-stereo.wav", "lj002-0020-22k05.wav", "lj002-0035-22k05.wav",
          "ami-es2011a-16k.wav"]
 RATE = 16000
