@@ -73,10 +73,6 @@ class Scheduler:
         self.decodes: defaultdict[str, int] = defaultdict(int)
 
     @property
-    def queued(self) -> int:
-        return self._count
-
-    @property
     def overloaded(self) -> bool:
         """So many finals wait that a new session would not be served in time."""
         return self._count >= self.queue_max

@@ -186,11 +186,6 @@ class Session:
         return max(mark, 0)
 
     @property
-    def unprocessed_samples(self) -> int:
-        """Audio received but not yet done: what the client may have to wait for."""
-        return self.total - self.watermark
-
-    @property
     def awaiting_samples(self) -> int:
         """Audio of closed segments waiting for (or in) their final decode."""
         return sum(end - start for start, end in
