@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from roomscribe.config import ServerSettings
 from roomscribe.server.handshake import ConnectParams
-from roomscribe.server.scheduler import Scheduler
+from roomscribe.server.scheduler import Scheduler, TurnText
 from roomscribe.server.session import DecodeJob, Limits, Session
 from roomscribe.server.transcriber import Transcriber
 from roomscribe.server.vad import VadParams
@@ -94,6 +94,7 @@ class Driver:
         self.processed: list[tuple[int, int]] = []
         self._progress()
         self.jobs: list[DecodeJob] = []
+        self.turn = TurnText()  # the scheduler's context keeping, without a scheduler
 
     def _progress(self) -> None:
         self.processed += [(len(self.events), e["processed_ms"])
@@ -119,7 +120,9 @@ class Driver:
                 continue
             self.jobs.append(out)
             if out.final or self.partials:
-                text = transcriber().transcribe(out.pcm, out.final)
+                context = self.turn.context(out)
+                text = transcriber().transcribe(out.pcm, out.final, context)
+                self.turn.decoded(out, context, text)
                 self._run(self.session.decoded(out, text))
 
     def of(self, kind: str) -> list[dict[str, Any]]:
@@ -179,7 +182,7 @@ def run_held_scheduler(script: Callable[[Scheduler, Deliver], Awaitable[None]],
     gate = threading.Event()
     done: list[Result] = []
 
-    def transcribe(pcm: npt.NDArray[np.int16], final: bool) -> str:
+    def transcribe(pcm: npt.NDArray[np.int16], final: bool, context: str) -> str:
         gate.wait(scaled(10))
         if fail and len(done) == 1:  # the second decode breaks (the fault is the point)
             raise RuntimeError(fail)

@@ -65,7 +65,7 @@ class HeldModel:
         self._release: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
 
-    def transcribe(self, pcm: np.ndarray, final: bool) -> str:
+    def transcribe(self, pcm: np.ndarray, final: bool, context: str = "") -> str:
         with self._lock:
             self.started.append(len(pcm))
             gate = self._release.setdefault(len(pcm), threading.Event())

@@ -14,12 +14,10 @@ import logging
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from http import HTTPStatus
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
@@ -29,7 +27,7 @@ from websockets.typing import Subprotocol
 from ..audio import SAMPLE_RATE_HZ
 from ..config import ServerSettings
 from . import handshake
-from .scheduler import Scheduler
+from .scheduler import Scheduler, Transcribe
 from .session import DecodeJob, Event, Limits, Session, Settle
 
 log = logging.getLogger(__name__)
@@ -109,7 +107,7 @@ class _WebsocketsLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 class RealtimeServer:
     def __init__(self, settings: ServerSettings,
-                 transcribe: Callable[[npt.NDArray[np.int16], bool], str]):
+                 transcribe: Transcribe):
         self.settings = settings
         self.scheduler = Scheduler(transcribe, settings.queue_max, settings.workers)
         self.limits = Limits(
@@ -298,7 +296,7 @@ class RealtimeServer:
 
 @contextlib.asynccontextmanager
 async def running(settings: ServerSettings,
-                  transcribe: Callable[[npt.NDArray[np.int16], bool], str],
+                  transcribe: Transcribe,
                   host: str | None = None, port: int | None = None,
                   ) -> AsyncIterator[RealtimeServer]:
     server = RealtimeServer(settings, transcribe)

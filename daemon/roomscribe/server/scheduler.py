@@ -19,6 +19,10 @@ its jobs marked `bulk`: any other session's due final goes ahead of them, and th
 not start while a live room's decode runs.
 Partials are cheap to lose: each session has at most one queued, and a newer one
 replaces it.
+Context: a job that continues a segment cut mid-turn (`context_of`) is decoded with
+that segment's text, kept here from its final's decode. Because a session's jobs run
+one at a time and its finals in order, the text is known when the next one starts,
+even when a replayed backlog queued both long before.
 """
 
 from __future__ import annotations
@@ -38,6 +42,28 @@ from .session import DecodeJob, Settle
 log = logging.getLogger(__name__)
 
 Deliver = Callable[[DecodeJob, str | None, str | None], None]
+# (audio, final, context) -> text
+Transcribe = Callable[[npt.NDArray[np.int16], bool, str], str]
+# The turn's text kept as context: Whisper reads at most 223 tokens of it (~900
+# characters); one string per session.
+CONTEXT_CHARS = 900
+
+
+class TurnText:
+    """One session's turn so far, for the context of the segment that continues it."""
+
+    def __init__(self) -> None:
+        self._item: str | None = None
+        self._text = ""
+
+    def context(self, job: DecodeJob) -> str:
+        return self._text if job.context_of is not None and job.context_of == self._item \
+            else ""
+
+    def decoded(self, job: DecodeJob, context: str, text: str | None) -> None:
+        if job.final and text is not None:
+            self._item = job.item_id
+            self._text = f"{context} {text}".strip()[-CONTEXT_CHARS:]
 
 
 @dataclass
@@ -49,8 +75,7 @@ class _Queued:
 
 
 class Scheduler:
-    def __init__(self, transcribe: Callable[[npt.NDArray[np.int16], bool], str],
-                 queue_max: int = 32, workers: int = 1):
+    def __init__(self, transcribe: Transcribe, queue_max: int = 32, workers: int = 1):
         self._transcribe = transcribe
         self.queue_max = queue_max
         self.workers = workers
@@ -64,6 +89,8 @@ class Scheduler:
         # Sessions with a decode in progress -> whether it is a partial.
         self._running: dict[str, bool] = {}
         self._bulk_running: set[str] = set()  # those of them replaying a backlog
+        self._turns: dict[str, TurnText] = {}  # per session with a final decoded
+        self._gone: set[str] = set()  # forgotten while a decode of theirs ran
         self._changed = asyncio.Event()  # something to reconsider: a job or a free worker
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="roomscribe-asr")
@@ -109,6 +136,9 @@ class Scheduler:
         """Drop a closed session's waiting jobs (no one is left to read them)."""
         self._count -= len(self._finals.pop(session_id, ()))
         self._partials.pop(session_id, None)
+        self._turns.pop(session_id, None)
+        if session_id in self._running:
+            self._gone.add(session_id)  # its decode in flight must not keep its text
         self._changed.set()
 
     def _choose(self) -> tuple[str, bool] | None:
@@ -169,10 +199,13 @@ class Scheduler:
         started = loop.time()
         text: str | None = None
         error: str | None = None
+        turn = self._turns.setdefault(job.session_id, TurnText())
+        context = turn.context(job)
         try:
             try:
                 text = await loop.run_in_executor(self._executor, self._transcribe,
-                                                  job.pcm, job.final)
+                                                  job.pcm, job.final, context)
+                turn.decoded(job, context, text)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the model failed on this audio: report, go on
@@ -187,6 +220,9 @@ class Scheduler:
             except Exception:  # a broken session must not stop the others
                 log.exception("delivering %s failed", job.item_id)
         finally:
+            if job.session_id in self._gone:
+                self._gone.discard(job.session_id)
+                self._turns.pop(job.session_id, None)
             self._running.pop(job.session_id, None)
             self._bulk_running.discard(job.session_id)
             self._changed.set()

@@ -74,6 +74,10 @@ class DecodeJob:
     pcm: npt.NDArray[np.int16]
     seq: int = 0  # partials of one item, in order
     spec: int = 0  # > 0: a speculative final, numbered within the session
+    # The segment this one continues (cut by max_speech mid-turn): its text, once
+    # decoded, is this decode's context. The scheduler decodes a session's jobs in
+    # order, so it is known by the time this job runs.
+    context_of: str | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,8 @@ class Session:
         self._ranges: dict[str, tuple[int, int]] = {}  # item -> (start, end), until done
         self._awaiting: deque[str] = deque()  # finals sent to the model, in order
         self._previous_item: str | None = None
+        self._split_from: str | None = None  # the last segment, if it was cut mid-turn
+        self._turn_of: dict[str, str] = {}  # item -> the item it continues, until done
         self._next_partial_at = 0
         self._partial_seq = 0
         self._partial_shown = 0
@@ -274,6 +280,7 @@ class Session:
         if item in self._awaiting:
             self._awaiting.remove(item)
         start, end = self._ranges.pop(item, (0, 0))
+        self._turn_of.pop(item, None)
         times = {"audio_start_ms": _floor_ms(start), "audio_end_ms": _ceil_ms(end),
                  "start": _seconds(start), "duration": _seconds(end - start)}
         if error is not None:
@@ -329,6 +336,7 @@ class Session:
         if self._vad is not None:
             out += self._on_vad(self._vad.segmenter.flush(self.total))
             self._vad.reset()  # what follows a commit is a new stream
+            self._split_from = None
             if not any(isinstance(o, dict) and o["type"] == "input_audio_buffer.committed"
                        for o in out):
                 # Not an empty transcript: a client could not tell it from speech
@@ -372,7 +380,9 @@ class Session:
             self._vad.segmenter.drop(self.total)
             for item, _ in self._started:
                 self._ranges.pop(item, None)
+                self._turn_of.pop(item, None)
             self._started.clear()
+            self._split_from = None
         self._drop_until(self.total)
         return [*out, self._event("input_audio_buffer.cleared")]
 
@@ -449,6 +459,9 @@ class Session:
             if isinstance(ev, Started):
                 item = self._new_item()
                 self._started.append((item, ev.start))
+                if self._split_from is not None:
+                    self._turn_of[item] = self._split_from
+                    self._split_from = None
                 # The onset is one pad after the padded start.
                 onset = ev.start + (self._vad.segmenter.params.speech_pad_ms * SAMPLES_PER_MS
                                     if self._vad is not None else 0)
@@ -458,6 +471,7 @@ class Session:
             elif isinstance(ev, Closed):
                 item = self._started.popleft()[0] if self._started else self._new_item()
                 out += self._close_item(item, ev.start, ev.end, stopped=True)
+                self._split_from = item if ev.split else None
         return out
 
     def _close_item(self, item: str, start: int, end: int, stopped: bool) -> list[Output]:
@@ -481,7 +495,8 @@ class Session:
                 self._spec = None
                 return out + self._finish(item, *spec.answer)
             out += self._drop_spec()
-        out.append(DecodeJob(self.id, item, final=True, pcm=self._audio(start, end)))
+        out.append(DecodeJob(self.id, item, final=True, pcm=self._audio(start, end),
+                             context_of=self._turn_of.get(item)))
         return out
 
     def _speculate(self) -> list[Output]:
@@ -503,8 +518,9 @@ class Session:
             return out
         start, end = guess
         self._spec_seq += 1
-        job = DecodeJob(self.id, self._started[0][0], final=True,
-                        pcm=self._audio(start, end), spec=self._spec_seq)
+        item = self._started[0][0]
+        job = DecodeJob(self.id, item, final=True, pcm=self._audio(start, end),
+                        spec=self._spec_seq, context_of=self._turn_of.get(item))
         self._spec = _Spec(job, start, end)
         return [*out, job]
 
@@ -523,8 +539,9 @@ class Session:
         self._next_partial_at = self.total + self.limits.partial_interval_samples
         self._partial_seq += 1
         start = vad.segmenter.open_start()
-        return [DecodeJob(self.id, self._started[-1][0], final=False,
-                          pcm=self._audio(start, self.total), seq=self._partial_seq)]
+        item = self._started[-1][0]
+        return [DecodeJob(self.id, item, final=False, pcm=self._audio(start, self.total),
+                          seq=self._partial_seq, context_of=self._turn_of.get(item))]
 
     def _audio(self, start: int, end: int) -> npt.NDArray[np.int16]:
         lo = max(start, self._buf_start) - self._buf_start

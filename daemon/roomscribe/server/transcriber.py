@@ -19,7 +19,7 @@ model stuck repeating itself stops early. A final that loops, a segment too long
 one window, and a model whose language must be detected go through faster-whisper's
 own path (30 s windows, temperature fallback). A final of silence is dropped as
 faster-whisper drops it: no-speech probability over 0.6 with an average log-probability
-under -1.
+under -1; what Whisper says over sound that is not speech is dropped by `invented`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..audio import SAMPLE_RATE_HZ
+from . import invented
 
 # Shorter than this, Whisper invents words: answer "" without running it.
 MIN_DECODE_SAMPLES = SAMPLE_RATE_HZ // 10
@@ -47,6 +48,7 @@ TOKENS_PER_S = 8
 LOOP_RATIO = 2.4
 NO_SPEECH_PROB = 0.6
 LOW_LOGPROB = -1.0
+MAX_CONTEXT_TOKENS = 223  # Whisper's: half of its 448-token text context, less one
 
 
 def bundled_model_path() -> str:
@@ -101,22 +103,37 @@ class Transcriber:
             self._prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
             self._suppress = get_suppressed_tokens(self._tokenizer, (-1,))
 
-    def transcribe(self, pcm: npt.NDArray[np.int16], final: bool) -> str:
+    def transcribe(self, pcm: npt.NDArray[np.int16], final: bool, context: str = "") -> str:
+        """The words in `pcm`. `context`: the text just before it in the same turn
+        (a segment cut from a longer one); Whisper reads it as the previous text, so
+        the first words are decoded in context and the context is not repeated."""
         if len(pcm) < MIN_DECODE_SAMPLES:
             return ""
         audio = pcm.astype(np.float32) / 32768.0
         if self._prompt is not None and len(pcm) // HOP + PAD_FRAMES < FULL_WINDOW_FRAMES:
-            text = self._window(self._model.feature_extractor(audio), len(pcm), final)
+            text = self._window(self._model.feature_extractor(audio), len(pcm), final,
+                                self._context_tokens(context))
             if not looped(text):
-                return text
+                return invented.strip_invented(text, pcm) if final else text
             if not final:
                 return ""  # the next partial, or the final, will do better
-        return self.transcribe_full(pcm, final)
+        text = self.transcribe_full(pcm, final, context)
+        return invented.strip_invented(text, pcm) if final else text
 
-    def _window(self, features: npt.NDArray[np.float32], samples: int, final: bool) -> str:
+    def _context_tokens(self, context: str) -> list[int]:
+        context = context.strip()
+        if not context or self._prompt is None:
+            return []
+        # Whisper's own limit for the previous text: half its 448-token context.
+        tokens: list[int] = self._tokenizer.encode(" " + context)[-(MAX_CONTEXT_TOKENS):]
+        return [self._tokenizer.sot_prev, *tokens]
+
+    def _window(self, features: npt.NDArray[np.float32], samples: int, final: bool,
+                context: list[int]) -> str:
         import ctranslate2
 
         assert self._prompt is not None
+        prompt = [*context, *self._prompt]
         frames = min(FULL_WINDOW_FRAMES, max(FINAL_MIN_FRAMES if final else PARTIAL_MIN_FRAMES,
                                              features.shape[-1] + PAD_FRAMES))
         used = min(frames, features.shape[-1])
@@ -124,9 +141,9 @@ class Transcriber:
         window[0, :, :used] = features[:, :used]
         max_new = int(samples / SAMPLE_RATE_HZ * TOKENS_PER_S) + 8
         result: Any = self._model.model.generate(
-            ctranslate2.StorageView.from_array(window), [self._prompt],
+            ctranslate2.StorageView.from_array(window), [prompt],
             beam_size=self.options.final_beam_size if final else 1,
-            max_length=len(self._prompt) + max_new, suppress_blank=True,
+            max_length=len(prompt) + max_new, suppress_blank=True,
             suppress_tokens=self._suppress, return_scores=True,
             return_no_speech_prob=True)[0]
         tokens: list[int] = result.sequences_ids[0]
@@ -138,11 +155,12 @@ class Transcriber:
         text: str = self._tokenizer.decode(tokens).strip()
         return text if any(c.isalnum() for c in text) else ""  # "." on silence
 
-    def transcribe_full(self, pcm: npt.NDArray[np.int16], final: bool) -> str:
+    def transcribe_full(self, pcm: npt.NDArray[np.int16], final: bool,
+                        context: str = "") -> str:
         """faster-whisper's own path: 30 s windows, any length, temperature fallback."""
         segments, _info = self._model.transcribe(
             pcm.astype(np.float32) / 32768.0, language=self._language,
             beam_size=self.options.final_beam_size if final else 1,
             condition_on_previous_text=False, vad_filter=False,
-            without_timestamps=True)
+            without_timestamps=True, initial_prompt=context.strip() or None)
         return " ".join(s.text.strip() for s in segments).strip()

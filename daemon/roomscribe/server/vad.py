@@ -9,9 +9,12 @@ one Together runs) turned into a state machine that sees one probability at a ti
 a segment opens when a window reaches `threshold` and closes once `min_silence` of
 windows below `threshold - 0.15` follow it; segments not longer than `min_speech` are
 dropped; a segment longer than `max_speech` is split at its longest internal silence
-(at least 98 ms), or cut hard where it has none. Each kept segment is padded by `pad`
-on both sides, and where the pads of neighbours would overlap the gap is split at its
-midpoint. All positions are absolute sample numbers since the session's first sample.
+(at least 98 ms), as Silero does; where it has none, it is cut at the deepest dip of
+speech probability in its second half (a cut inside a word turns it into another
+word; between words the probability dips, if only for a window or two). Each kept
+segment is padded by `pad` on both sides, and where the pads of neighbours would
+overlap the gap is split at its midpoint. All positions are absolute sample numbers
+since the session's first sample.
 """
 
 from __future__ import annotations
@@ -126,10 +129,12 @@ class Started:
 
 @dataclass(frozen=True)
 class Closed:
-    """A segment is final: audio [start, end) is its padded extent."""
+    """A segment is final: audio [start, end) is its padded extent. `split`: closed by
+    `max_speech` while speech went on; the next segment continues the same turn."""
 
     start: int
     end: int
+    split: bool = False
 
 
 VadEvent = Started | Closed
@@ -140,6 +145,11 @@ class _Open:
     start: int  # raw speech onset
     silences: list[tuple[int, int]] = field(default_factory=list)  # finished, >= 98 ms
     confirmed: bool = False
+    # One probability per window since `start`, to choose a cut if the segment gets
+    # too long: at most max_speech / 32 ms floats (600 s: 18 750, 150 kB as a list).
+    probs: list[float] = field(default_factory=list)
+    # Cut from a longer segment mid-speech: kept however short (its words were heard).
+    continued: bool = False
 
 
 class Segmenter:
@@ -154,6 +164,7 @@ class Segmenter:
         self._temp_end = 0  # onset of the silence in progress inside the open segment
         self._pending: tuple[int, int] | None = None  # closed raw (start, end), pad undecided
         self._pending_started = False
+        self._pending_split = False  # closed at a pause inside a turn (max_speech)
 
     # -- derived sample counts -------------------------------------------------
     @property
@@ -199,7 +210,7 @@ class Segmenter:
             start, end = self._pending
         elif self._open is not None and self._open.confirmed and self._temp_end:
             start, end = self._open.start, self._temp_end
-            if end - start <= SAMPLE_RATE_HZ * self.params.min_speech_duration_ms / 1000:
+            if self._too_short(self._open, end):
                 return None  # _close() would drop it
         else:
             return None
@@ -220,10 +231,11 @@ class Segmenter:
         if seg is None:
             if prob >= p.threshold:
                 events += self._finish_pending(next_start=pos)
-                self._open = _Open(start=pos)
+                self._open = _Open(start=pos, probs=[prob])
                 self._temp_end = 0
                 events += self._confirm_if_long()
             return events
+        seg.probs.append(prob)
         if prob >= p.threshold and self._temp_end:
             if pos - self._temp_end >= MIN_SPLIT_SILENCE:
                 seg.silences.append((self._temp_end, pos))
@@ -280,12 +292,15 @@ class Segmenter:
         assert seg is not None
         self._open = None
         self._temp_end = 0
-        min_speech = SAMPLE_RATE_HZ * self.params.min_speech_duration_ms / 1000
-        if end - seg.start <= min_speech:
+        if self._too_short(seg, end):
             return []
         self._pending = (seg.start, end)
         self._pending_started = seg.confirmed
         return []
+
+    def _too_short(self, seg: _Open, end: int) -> bool:
+        min_speech = SAMPLE_RATE_HZ * self.params.min_speech_duration_ms / 1000
+        return end - seg.start <= min_speech and not seg.continued
 
     def _pending_ready(self, pos: int) -> bool:
         # The next onset can no longer be within 2 pads of this end: pad it fully.
@@ -299,44 +314,65 @@ class Segmenter:
         pad_end = end + self._pad
         if next_start is not None and next_start - end < 2 * self._pad:
             pad_end = end + (next_start - end) // 2
-        return self._emit(start, pad_end)
+        # A split at a pause still counts as one turn if speech came back in time.
+        min_silence = SAMPLE_RATE_HZ * self.params.min_silence_duration_ms // 1000
+        split = (self._pending_split and next_start is not None
+                 and next_start - end < min_silence)
+        return self._emit(start, pad_end, split)
 
-    def _emit(self, start: int, end: int) -> list[VadEvent]:
+    def _emit(self, start: int, end: int, split: bool = False) -> list[VadEvent]:
         padded_start = max(self.floor, start - self._pad)
         events: list[VadEvent] = []
         if not self._pending_started:
             events.append(Started(padded_start))
-        events.append(Closed(padded_start, end))
+        events.append(Closed(padded_start, end, split))
         self._pending = None
         self._pending_started = False
+        self._pending_split = False
         self.floor = end
         if self._open is not None and not self._open.confirmed:
             events += self._confirm_if_long()
         return events
 
     def _split(self, pos: int) -> list[VadEvent]:
-        """max_speech reached at window `pos`: split at the longest silence, or here."""
+        """max_speech reached at window `pos`: split at the longest silence, or at the
+        deepest dip of probability."""
         seg = self._open
         assert seg is not None
         candidates = list(seg.silences)
         if self._temp_end and pos - self._temp_end >= MIN_SPLIT_SILENCE:
             candidates.append((self._temp_end, pos))
         if not candidates:
-            # No pause to cut at: cut hard, the next segment starts at the same sample.
+            # No pause: cut between the two windows where speech is least likely; the
+            # next segment starts at the same sample and goes on from there.
+            first = self._dip(seg.probs)
+            cut = seg.start + first * WINDOW
             self._pending_started = seg.confirmed
-            events = self._emit(seg.start, pos)
-            self._open = _Open(start=pos)
+            self._open = None  # so that _emit does not try to confirm the old one
+            events = self._emit(seg.start, cut, split=True)
+            self._open = _Open(start=cut, probs=seg.probs[first:], continued=True)
             self._temp_end = 0
-            return events
+            return events + self._confirm_if_long()
         sil_start, sil_end = max(candidates, key=lambda s: (s[1] - s[0], s[0]))
         self._pending, self._pending_started = (seg.start, sil_start), seg.confirmed
+        self._pending_split = True
         if sil_end >= pos:  # the pause is still going on: no speech after it yet
             self._open = None
             self._temp_end = 0
             return []
-        rest = _Open(start=sil_end, silences=[s for s in seg.silences if s[0] > sil_end])
+        rest = _Open(start=sil_end, silences=[s for s in seg.silences if s[0] > sil_end],
+                     probs=seg.probs[(sil_end - seg.start) // WINDOW:], continued=True)
         self._open = rest
         return self._finish_pending(next_start=sil_end)
+
+    @staticmethod
+    def _dip(probs: list[float]) -> int:
+        """The window index to cut before: the boundary in the second half whose two
+        neighbouring windows have the lowest probability (the later one on a tie, so
+        that the segment stays long)."""
+        first = max(1, len(probs) // 2)
+        return min(range(first, len(probs)),
+                   key=lambda i: (probs[i - 1] + probs[i], -i), default=len(probs) - 1)
 
 
 class StreamingVad:

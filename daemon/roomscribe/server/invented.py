@@ -1,0 +1,74 @@
+"""Words Whisper says over sound that is not speech, and how to tell them.
+
+Whisper was trained on subtitles: over silence, music or noise it tends to say what
+subtitle files say there ("Thank you.", "Thanks for watching!", "(music)"). Two rules,
+both on a final's own audio, so they hold with turn detection off too:
+
+- Sound descriptions in brackets, parentheses or asterisks, and music notes, are not
+  words anyone said: they are removed from any transcript.
+- Audio in which Silero hears no speech yields no words. A final is dropped when no
+  window reaches `ANY_SPEECH_PROB` (Together's default VAD threshold, so with turn
+  detection on this only bites on a manual commit); one of the well-known silence
+  phrases is dropped when less than `PHRASE_SPEECH_S` of its audio reaches
+  `SPEECH_PROB` (a real "thank you" is ~0.4 s of speech).
+
+Silero runs here only on finals (a few ms per second of audio), on a fresh state.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import numpy.typing as npt
+
+from ..audio import SAMPLE_RATE_HZ
+
+ANY_SPEECH_PROB = 0.3
+SPEECH_PROB = 0.5
+PHRASE_SPEECH_S = 0.2
+_WINDOW = 512
+
+# Lower case, punctuation removed (see `_plain`).
+SILENCE_PHRASES = frozenset({
+    "thank you", "thank you very much", "thank you so much", "thanks",
+    "thanks for watching", "thank you for watching", "thanks for listening",
+    "thank you for listening", "please subscribe", "subscribe",
+    "like and subscribe", "please like and subscribe",
+    "see you next time", "see you in the next video", "bye", "bye bye", "goodbye",
+    "you", "oh", "okay", "ok", "so", "um", "uh", "hmm", "mm", "huh", "the end",
+    "subtitles by the amaraorg community", "transcription by castingwords",
+    "i'm sorry", "we'll be right back",
+})
+
+_ANNOTATION = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*|[♪♫♬]+")
+
+
+def _plain(text: str) -> str:
+    return " ".join(re.sub(r"[^a-z' ]", "", text.lower().replace("-", " ")).split())
+
+
+def speech_seconds(pcm: npt.NDArray[np.int16]) -> tuple[float, float]:
+    """(seconds of windows at or over SPEECH_PROB, highest probability) by Silero."""
+    from .vad import SileroStream
+
+    usable = len(pcm) // _WINDOW * _WINDOW
+    if usable == 0:
+        return 0.0, 0.0
+    windows = (pcm[:usable].astype(np.float32) / 32768.0).reshape(-1, _WINDOW)
+    probs = SileroStream().probabilities(windows)
+    return (float(np.count_nonzero(probs >= SPEECH_PROB)) * _WINDOW / SAMPLE_RATE_HZ,
+            float(probs.max()))
+
+
+def strip_invented(text: str, pcm: npt.NDArray[np.int16]) -> str:
+    """`text` without what Whisper invented over `pcm` (see the module's rules)."""
+    text = " ".join(_ANNOTATION.sub(" ", text).split())
+    if not any(c.isalnum() for c in text):
+        return ""
+    speech_s, top = speech_seconds(pcm)
+    if top < ANY_SPEECH_PROB:
+        return ""
+    if _plain(text) in SILENCE_PHRASES and speech_s < PHRASE_SPEECH_S:
+        return ""
+    return text
