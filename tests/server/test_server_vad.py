@@ -153,3 +153,45 @@ def test_a_loud_non_speech_sound_does_not_hide_the_speech_after_it() -> None:
                              silence(1.5)]))
     text = " ".join(d.transcripts())
     assert coverage(reference_texts()["jfk-44k1-stereo.wav"], text) >= 0.8, text
+
+
+def test_speech_without_pauses_is_cut_at_the_deepest_dip() -> None:
+    # 8 s of speech whose probability dips for two windows at 4.0 s and, less, at
+    # 3.0 s (word boundaries); max_speech 5 s: the cut falls between the two dipping
+    # windows at 4.0 s, and the next segment continues the turn from that sample.
+    onset = 20
+    probs = [0.0] * onset + [0.95] * windows(8000) + [0.0] * windows(1000)
+    dip = onset + windows(4000)
+    probs[dip - 1] = probs[dip] = 0.5
+    probs[onset + windows(3000)] = 0.6
+    events = run(probs)
+    closed = [e for e in events if isinstance(e, Closed)]
+    assert len(closed) == 2
+    assert closed[0].end == dip * WINDOW
+    assert closed[0].split and not closed[1].split
+    assert closed[1].start == closed[0].end
+
+
+def test_a_short_rest_after_a_cut_is_kept() -> None:
+    # max_speech (5 s less a window and two pads: 140 windows) is reached in speech
+    # that ends 4 windows later; the deepest dip is 3 windows before the limit. The
+    # rest (6 or 7 windows, ~200 ms) is shorter than min_speech, but its words were heard.
+    onset = 20
+    limit = (5 * RATE - WINDOW - 2 * 250 * MS) // WINDOW + 1
+    probs = [0.0] * onset + [0.95] * (limit + 4) + [0.0] * windows(1500)
+    probs[onset + limit - 3] = 0.35
+    closed = [e for e in run(probs) if isinstance(e, Closed)]
+    assert len(closed) == 2
+    assert closed[0].split
+    dip = onset + limit - 3
+    assert closed[0].end in (dip * WINDOW, (dip + 1) * WINDOW)  # either side of it
+    assert closed[1].start == closed[0].end
+    assert closed[1].end >= (onset + limit + 4) * WINDOW
+
+
+def test_a_pause_split_continues_the_turn_only_if_speech_goes_on() -> None:
+    # Long speech with a 200 ms pause: split there, the rest continues the turn.
+    probs = ([0.0] * 20 + [0.9] * windows(2500) + [0.0] * windows(200)
+             + [0.9] * windows(3000) + [0.0] * windows(1000))
+    closed = [e for e in run(probs) if isinstance(e, Closed)]
+    assert [c.split for c in closed] == [True, False]

@@ -1,0 +1,53 @@
+"""What Whisper says over sound that is not speech: dropped; what people say: kept."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from server_support import RATE, silence, speech, transcriber
+
+pytest.importorskip("faster_whisper")
+
+from roomscribe.server.invented import speech_seconds, strip_invented
+
+pytestmark = pytest.mark.server
+
+
+def fan_noise(seconds: float, seed: int = 1) -> np.ndarray:
+    """Broadband noise with a 100 Hz hum, at room level (about -35 dBFS)."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * RATE)
+    t = np.arange(n) / RATE
+    noise = rng.normal(0, 400, n) + 300 * np.sin(2 * np.pi * 100 * t)
+    return np.clip(noise, -32768, 32767).astype(np.int16)
+
+
+@pytest.mark.parametrize("text", ["Thank you.", "Thanks for watching!", "you",
+                                  "(upbeat music)", "♪ ♪", "[BLANK_AUDIO]"])
+def test_silence_phrases_over_noise_are_dropped(text: str) -> None:
+    assert strip_invented(text, fan_noise(2.0)) == ""
+
+
+def test_a_silence_phrase_someone_said_is_kept() -> None:
+    # "You", said at 3.36 s of the meeting recording (the next word starts at 3.56 s),
+    # alone between quarter-second pads of silence, as a room segment would be.
+    you = speech("ami-es2011a-16k.wav")[int(3.2 * RATE):int(3.56 * RATE)]
+    said, _top = speech_seconds(you)
+    assert 0.12 <= said < 0.3
+    padded = np.concatenate([silence(0.25), you, silence(0.25)])
+    assert transcriber().transcribe(padded, final=True) != ""  # (tiny.en: "Thank you.")
+    assert strip_invented("You.", padded) == "You."
+
+
+def test_sound_descriptions_are_removed_from_real_words() -> None:
+    jfk = speech("jfk-44k1-stereo.wav")
+    assert strip_invented("(applause) Ask not what your country can do for you. [Music]",
+                          jfk) == "Ask not what your country can do for you."
+
+
+def test_the_model_says_nothing_over_room_noise() -> None:
+    # A manual commit (no VAD) over 3 s of fan noise, then over near-silence.
+    model = transcriber()
+    assert model.transcribe(fan_noise(3.0), final=True) == ""
+    assert model.transcribe(fan_noise(3.0, seed=2) // 40, final=True) == ""
