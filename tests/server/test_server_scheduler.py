@@ -206,3 +206,40 @@ def test_a_replayed_final_waits_while_a_live_rooms_decode_runs() -> None:
             await until(lambda: delivered == ["l1", "r1"])
 
     asyncio.run(main())
+
+
+def test_a_continued_segment_is_decoded_with_its_turns_text() -> None:
+    # Three segments of one turn (cut twice by max_speech) queued before any decode, as
+    # a replayed backlog would be, then one new turn: each continuation gets the text
+    # decoded so far in its turn, the new turn gets none, another session's none.
+    contexts: dict[str, str] = {}
+    words = {1601: "one", 1602: "two", 1603: "three", 1604: "four", 1605: "five"}
+
+    def transcribe(pcm: np.ndarray, final: bool, context: str = "") -> str:
+        contexts[words[len(pcm)]] = context
+        return words[len(pcm)]
+
+    def seg(session: str, item: str, n: int, after: str | None) -> DecodeJob:
+        return DecodeJob(session, item, True, np.zeros(n, dtype=np.int16),
+                         context_of=after)
+
+    async def main() -> None:
+        sched = Scheduler(transcribe)
+        done: list[str] = []
+        for j in [seg("a", "a1", 1601, None), seg("a", "a2", 1602, "a1"),
+                  seg("a", "a3", 1603, "a2"), seg("a", "a4", 1604, None),
+                  seg("b", "b1", 1605, "a3")]:
+            sched.submit(j, lambda j, t, e: done.append(j.item_id))
+        runner = asyncio.create_task(sched.run(), name="test-dispatcher")
+        try:
+            async with asyncio.timeout(scaled(10)):
+                while len(done) < 5:
+                    await asyncio.sleep(0.01)
+        finally:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+            sched.close()
+
+    asyncio.run(main())
+    assert contexts == {"one": "", "two": "one", "three": "one two", "four": "",
+                        "five": ""}

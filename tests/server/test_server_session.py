@@ -377,3 +377,21 @@ def test_processed_waits_for_the_commit_with_turn_detection_off() -> None:
     d.send(json.dumps({"type": "input_audio_buffer.commit"}))
     assert d.transcripts()
     assert d.processed[-1][1] == d.session.total // MS
+
+
+def test_segments_cut_mid_turn_name_the_segment_they_continue() -> None:
+    # JFK with max_speech 3 s: "ask what you can do for your country" is cut once
+    # without a pause; the piece after the cut continues the piece before it, the
+    # segments after natural pauses start turns of their own.
+    d = driver(VadParams(max_speech_duration_s=3.0), partials=False)
+    d.stream(jfk_with_silence())
+    finals = list({j.item_id: j for j in d.jobs if j.final}.values())  # spec or not
+    items = [j.item_id for j in finals]
+    continued = [j for j in finals if j.context_of is not None]
+    assert continued
+    for j in continued:
+        assert j.context_of == items[items.index(j.item_id) - 1]
+    assert finals[0].context_of is None
+    # Each word once, in order, across the cut.
+    words = " ".join(d.transcripts()).lower()
+    assert words.count("country") == 2 and words.count("ask") == 2
