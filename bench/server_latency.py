@@ -19,10 +19,19 @@ case for the shared model).
 - WER of the streamed transcripts against the same model transcribing each whole file
   offline with faster-whisper's defaults (the streaming penalty), and of both against
   the reference transcripts;
+- text cadence: the gaps between successive texts (deltas and completeds) of one
+  utterance while it is spoken and until its last text, p50 / p95: how often a
+  subscriber sees the words move during a long turn;
 - model busy: decoding time over wall time, per worker;
 - sustained: end-of-speech p95 <= min_silence + 400 ms (an end never answered is inf).
 
+--max-speech-s sets the sessions' max_speech_duration_s (Together's default 5 s
+otherwise). --corpus takes a manifest of bench/corpus.py instead of the shared files
+(--kind picks its items, e.g. `reading`), to measure long turns.
+
     uv run python bench/server_latency.py [--streams 1,2,4] [--repeat 3]
+    uv run python bench/server_latency.py --streams 1 --repeat 1 --max-speech-s 15 \
+        --corpus ~/.cache/roomscribe/corpus/manifest.json --kind reading
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import itertools
 import json
 import statistics
 import sys
@@ -64,6 +74,8 @@ PAD_S = VAD.speech_pad_ms / 1000
 TARGET_S = (VAD.min_silence_duration_ms + 400) / 1000
 MAX_UTTERANCE_S = 10.0
 QUERY = "model=openai/whisper-large-v3&input_audio_format=pcm_s16le_16000"
+# What gets streamed: names (shared files or paths) and their reference texts.
+AUDIO: dict[str, str] = {}
 
 
 def load(name: str | Path) -> npt.NDArray[np.int16]:
@@ -72,7 +84,7 @@ def load(name: str | Path) -> npt.NDArray[np.int16]:
 
 
 def playlist(repeat: int, seed: int | None) -> list[str]:
-    names = FILES * repeat
+    names = list(AUDIO) * repeat
     if seed is not None:
         np.random.default_rng(seed).shuffle(names)
     return names
@@ -86,8 +98,9 @@ def stream_audio(names: list[str]) -> npt.NDArray[np.int16]:
     return np.concatenate(parts)
 
 
-def utterances(pcm: npt.NDArray[np.int16]) -> list[tuple[float, float]]:
-    """(start, end) seconds of each utterance of at most MAX_UTTERANCE_S: Silero
+def utterances(pcm: npt.NDArray[np.int16],
+               max_s: float = MAX_UTTERANCE_S) -> list[tuple[float, float]]:
+    """(start, end) seconds of each utterance of at most `max_s`: Silero
     offline, with the session's threshold and min_silence and no length limit."""
     from faster_whisper.vad import VadOptions, get_speech_timestamps
 
@@ -96,7 +109,7 @@ def utterances(pcm: npt.NDArray[np.int16]) -> list[tuple[float, float]]:
         min_speech_duration_ms=VAD.min_speech_duration_ms,
         max_speech_duration_s=float("inf"), speech_pad_ms=0))
     return [(s["start"] / RATE, s["end"] / RATE) for s in spans
-            if (s["end"] - s["start"]) / RATE <= MAX_UTTERANCE_S]
+            if (s["end"] - s["start"]) / RATE <= max_s]
 
 
 @dataclass
@@ -106,12 +119,14 @@ class Result:
     onsets: dict[str, float] = field(default_factory=dict)
     first_text: dict[str, float] = field(default_factory=dict)
     texts: list[str] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)  # of every delta and completed
 
 
-async def one_stream(port: int, pcm: npt.NDArray[np.int16], delay_s: float) -> Result:
+async def one_stream(port: int, pcm: npt.NDArray[np.int16], delay_s: float,
+                     query: str = QUERY) -> Result:
     await asyncio.sleep(delay_s)
     result = Result()
-    async with connect(f"ws://127.0.0.1:{port}/v1/realtime?{QUERY}",
+    async with connect(f"ws://127.0.0.1:{port}/v1/realtime?{query}",
                        max_size=None) as ws:
         assert json.loads(await ws.recv())["type"] == "session.created"
         t0 = time.monotonic()
@@ -126,6 +141,7 @@ async def one_stream(port: int, pcm: npt.NDArray[np.int16], delay_s: float) -> R
                     result.onsets[event["item_id"]] = event["audio_start_ms"] / 1000 + PAD_S
                 if kind.endswith(("transcription.delta", "transcription.completed")):
                     result.first_text.setdefault(event["item_id"], now)
+                    result.arrivals.append(now)
                 if kind.endswith("transcription.completed"):
                     if event["transcript"]:
                         result.texts.append(event["transcript"])
@@ -175,6 +191,24 @@ def end_latencies(result: Result, spans: list[tuple[float, float]]) -> list[floa
     return out
 
 
+def corpus_items(manifest: Path, kind: str) -> dict[str, str]:
+    """path -> reference text of the manifest's clean 16 kHz items of `kind`."""
+    items = json.loads(manifest.read_text(encoding="utf-8"))["items"]
+    return {str(manifest.parent / i["path"]): i["text"] for i in items
+            if i.get("kind") == kind and i.get("condition", "clean") == "clean"
+            and i.get("rate", RATE) == RATE}
+
+
+def cadence(result: Result, spans: list[tuple[float, float]]) -> list[float]:
+    """Gaps between successive texts of each utterance, from its first word to its
+    last text (texts arriving up to 1 s after it ends count as its own)."""
+    out: list[float] = []
+    for start, end in spans:
+        times = [start] + [t for t in result.arrivals if start <= t <= end + 1.0]
+        out += [b - a for a, b in itertools.pairwise(times)]
+    return out
+
+
 @functools.cache
 def offline_model() -> Any:
     from faster_whisper import WhisperModel
@@ -201,35 +235,42 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-async def run(counts: list[int], repeat: int, lockstep: bool) -> None:
+async def run(counts: list[int], repeat: int, lockstep: bool,
+              max_speech_s: float | None) -> None:
     settings = ServerSettings()
     transcriber = Transcriber(workers=settings.workers)
-    offline = {f: norm(offline_text(load(f))) for f in FILES}
-    refs = {f: norm(text) for f, text in reference_texts().items()}
+    offline = {f: norm(offline_text(load(f))) for f in AUDIO}
+    refs = {f: norm(text) for f, text in AUDIO.items()}
     print(f"offline: {offline}; offline WER vs references "
-          f"{jiwer.wer(' '.join(refs[f] for f in FILES), ' '.join(offline.values())):.1%}\n",
+          f"{jiwer.wer(' '.join(refs[f] for f in AUDIO), ' '.join(offline.values())):.1%}\n",
           file=sys.stderr)
-    print(f"{repeat} x {len(FILES)} files per stream, "
+    query, max_utterance_s = QUERY, MAX_UTTERANCE_S
+    if max_speech_s is not None:
+        query += f"&max_speech_duration_s={max_speech_s:g}"
+        max_utterance_s = max(MAX_UTTERANCE_S, 2 * max_speech_s)
+    print(f"{repeat} x {len(AUDIO)} files per stream, "
           f"{'in step' if lockstep else 'each in its own order'}; "
-          f"{settings.workers} decode workers\n")
+          f"{settings.workers} decode workers; max_speech_duration_s "
+          f"{max_speech_s or VAD.max_speech_duration_s:g}\n")
     print("| streams | end of speech → completed p50 | p95 | every segment p95 "
-          "| first delta p50 | p95 | WER vs offline | WER vs reference | model busy "
-          "| sustained |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| first delta p50 | p95 | text cadence p50 | p95 | WER vs offline "
+          "| WER vs reference | model busy | sustained |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in counts:
         lists = [playlist(repeat, None if lockstep else i) for i in range(n)]
         streams = [stream_audio(names) for names in lists]
         async with running(settings, transcriber.transcribe, port=0) as srv:
             start = time.monotonic()
-            results = await asyncio.gather(*(one_stream(srv.port, pcm, 0.3 * i)
+            results = await asyncio.gather(*(one_stream(srv.port, pcm, 0.3 * i, query)
                                              for i, pcm in enumerate(streams)))
             wall = time.monotonic() - start
             busy = sum(srv.scheduler.busy_s.values()) / wall
             print(f"{n} streams: " + ", ".join(
                 f"{kind} {count} x {srv.scheduler.busy_s[kind] / count * 1000:.0f} ms"
                 for kind, count in srv.scheduler.decodes.items()), file=sys.stderr)
-        spans = [utterances(pcm) for pcm in streams]
+        spans = [utterances(pcm, max_utterance_s) for pcm in streams]
         lat = [x for r, sp in zip(results, spans, strict=True) for x in end_latencies(r, sp)]
+        gaps = [x for r, sp in zip(results, spans, strict=True) for x in cadence(r, sp)]
         segs = [t - (stop - PAD_S) for r in results for _, stop, t in r.completed]
         first = [x for r, sp in zip(results, spans, strict=True)
                  for x in first_text_latencies(r, sp)]
@@ -242,7 +283,8 @@ async def run(counts: list[int], repeat: int, lockstep: bool) -> None:
         ok = pct(lat, 95) <= TARGET_S
         print(f"| {n} | {pct(lat, 50) * 1000:.0f} ms | {pct(lat, 95) * 1000:.0f} ms "
               f"| {pct(segs, 95) * 1000:.0f} ms | {pct(first, 50) * 1000:.0f} ms "
-              f"| {pct(first, 95) * 1000:.0f} ms | {statistics.mean(wers):.1%} "
+              f"| {pct(first, 95) * 1000:.0f} ms | {pct(gaps, 50) * 1000:.0f} ms "
+              f"| {pct(gaps, 95) * 1000:.0f} ms | {statistics.mean(wers):.1%} "
               f"| {statistics.mean(wers_ref):.1%} | {busy / settings.workers:.0%} "
               f"| {'yes' if ok else 'no'} |", flush=True)
 
@@ -253,8 +295,18 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="passes over the files")
     parser.add_argument("--lockstep", action="store_true",
                         help="every stream plays the same order (all pause together)")
+    parser.add_argument("--max-speech-s", type=float, default=None,
+                        help="the sessions' max_speech_duration_s")
+    parser.add_argument("--corpus", type=Path, default=None,
+                        help="a bench/corpus.py manifest to stream instead")
+    parser.add_argument("--kind", default="reading", help="the corpus items to stream")
     args = parser.parse_args()
-    asyncio.run(run([int(x) for x in args.streams.split(",")], args.repeat, args.lockstep))
+    if args.corpus is None:
+        AUDIO.update({f: reference_texts()[f] for f in FILES})
+    else:
+        AUDIO.update(corpus_items(args.corpus, args.kind))
+    asyncio.run(run([int(x) for x in args.streams.split(",")], args.repeat, args.lockstep,
+                    args.max_speech_s))
     return 0
 
 
