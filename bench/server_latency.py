@@ -192,11 +192,11 @@ def end_latencies(result: Result, spans: list[tuple[float, float]]) -> list[floa
 
 
 def corpus_items(manifest: Path, kind: str) -> dict[str, str]:
-    """path -> reference text of the manifest's clean 16 kHz items of `kind`."""
+    """path -> reference text of the manifest's clean items of `kind` (any rate: they
+    are resampled to 16 kHz as the daemon's capture would)."""
     items = json.loads(manifest.read_text(encoding="utf-8"))["items"]
-    return {str(manifest.parent / i["path"]): i["text"] for i in items
-            if i.get("kind") == kind and i.get("condition", "clean") == "clean"
-            and i.get("rate", RATE) == RATE}
+    return {str(manifest.parent / i["path"]): i["reference"] for i in items
+            if i["kind"] == kind and i["condition"] == "clean"}
 
 
 def cadence(result: Result, spans: list[tuple[float, float]]) -> list[float]:
