@@ -300,11 +300,14 @@ def main() -> int:
     parser.add_argument("--corpus", type=Path, default=None,
                         help="a bench/corpus.py manifest to stream instead")
     parser.add_argument("--kind", default="reading", help="the corpus items to stream")
+    parser.add_argument("--items", type=int, default=0,
+                        help="stream only this many corpus items (0: all)")
     args = parser.parse_args()
     if args.corpus is None:
         AUDIO.update({f: reference_texts()[f] for f in FILES})
     else:
-        AUDIO.update(corpus_items(args.corpus, args.kind))
+        items = corpus_items(args.corpus, args.kind)
+        AUDIO.update(list(items.items())[:args.items or None])
     asyncio.run(run([int(x) for x in args.streams.split(",")], args.repeat, args.lockstep,
                     args.max_speech_s))
     return 0
