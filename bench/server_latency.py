@@ -270,7 +270,8 @@ async def run(counts: list[int], repeat: int, lockstep: bool,
                 for kind, count in srv.scheduler.decodes.items()), file=sys.stderr)
         spans = [utterances(pcm, max_utterance_s) for pcm in streams]
         lat = [x for r, sp in zip(results, spans, strict=True) for x in end_latencies(r, sp)]
-        gaps = [x for r, sp in zip(results, spans, strict=True) for x in cadence(r, sp)]
+        gaps = [x for r, pcm in zip(results, streams, strict=True)
+                for x in cadence(r, utterances(pcm, float("inf")))]
         segs = [t - (stop - PAD_S) for r in results for _, stop, t in r.completed]
         first = [x for r, sp in zip(results, spans, strict=True)
                  for x in first_text_latencies(r, sp)]
