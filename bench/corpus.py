@@ -46,7 +46,8 @@ most once more with sox reverberation, room noise (fan, babble, clatter or music
 5-15 dB SNR), or both, at another rate. The recordings are 16 kHz (the LibriVox MP3s
 are 44.1 kHz and are decoded to 16 kHz first), so the 44.1/48 kHz files carry no
 content above 8 kHz; what they exercise is the capture path's resampling and
-down-mix. Built deterministically (sox -R, seeded numpy).
+down-mix. Built deterministically (sox -R, seeded numpy), and again whenever this script
+changes (the manifest's "version" is a hash of it).
 
 Manifest (manifest.json in the corpus folder): {"version", "items": [{"id", "path"
 (relative to the folder), "rate", "channels", "duration_s", "kind" (reading,
@@ -80,7 +81,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-VERSION = 1
+# The corpus is rebuilt whenever this script changes.
+VERSION = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 RATE = 16000  # the recordings, and every intermediate, are 16 kHz mono
 Pcm = npt.NDArray[np.int16]
 Audio = npt.NDArray[np.float32]  # float on the int16 scale
@@ -834,11 +836,12 @@ def ensure(folder: Path | None = None, force: bool = False) -> tuple[Path, dict[
     """The corpus folder and its manifest, built first if missing or out of date."""
     folder = folder or corpus_dir()
     path = folder / "manifest.json"
-    if not force and path.exists():
+    if path.exists():
         manifest: dict[str, Any] = json.loads(path.read_text())
-        if manifest.get("version") == VERSION and all(
+        if not force and manifest.get("version") == VERSION and all(
                 (folder / item["path"]).exists() for item in manifest["items"]):
             return folder, manifest
+        force = force or manifest.get("version") != VERSION
     folder.mkdir(parents=True, exist_ok=True)
     return folder, build(folder, force)
 
