@@ -397,7 +397,7 @@ def report(speech: list[SpeechResult], nonspeech: list[NonSpeechResult],
                 phrases = "; ".join(f"\"{p}\"" for p in ns.streamed_phrases[label]) or "-"
                 print(f"| {ns.id} | {ns.about} | {ns.duration_s / 60:.1f} "
                       f"| {ns.streamed_words[label]} | {phrases} | {ns.offline_words} "
-                      f"| {ns.offline_text or '-'} |")
+                      f"| {ns.offline_text if ns.offline_words else '-'} |")
             print(f"| total | | {minutes:.1f} | {sum(r.streamed_words[label] for r in nonspeech)}"
                   f" | | {sum(r.offline_words for r in nonspeech)} | |")
 
