@@ -43,8 +43,8 @@ first time (of which ~5 are the offline runs, cached in the corpus folder by aud
 hash, so later runs skip them); each --max-speech-s value costs about 2 minutes more
 with --no-partials; --quick with one setting about 4 minutes. With more than one
 setting a last table puts every group's streamed WER and penalty side by side.
-Needs the server extra (uv sync
---extra server), jiwer (dev group) and sox (apt-get install sox) to build the corpus.
+Needs the server extra (uv sync --extra server), jiwer (dev group), and sox
+(apt-get install sox) to build the corpus.
 """
 
 from __future__ import annotations
