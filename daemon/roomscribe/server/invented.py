@@ -12,6 +12,18 @@ both on a final's own audio, so they hold with turn detection off too:
   phrases is dropped when less than `PHRASE_SPEECH_S` of its audio reaches
   `SPEECH_PROB` (a real "you" cut from a meeting recording has 0.19 s).
 
+Over babble (a TV in the next room, people talking over each other: Silero calls it
+speech) Whisper says a few words for many seconds, often one phrase again and again
+("No, no, no, no, no.", "I don't know. I don't know. I don't know."). Two more rules,
+from bench/real_speech.py's 33 minutes of non-speech against its 21 minutes of speech:
+
+- Sparse: a final of at least `SPARSE_MIN_S` with fewer than `SPARSE_WORDS_PER_S`
+  words a second is dropped. A segment is speech with pauses under min_silence, and
+  people say 2-3 words a second; of 116 speech finals with words one was this
+  sparse (a voice under music at 10 dB SNR), of 30 babble finals 25 were.
+- Repetitive: `REPEAT_MIN_WORDS` or more words of which at most `REPEAT_UNIQUE` are
+  different: a loop, not a sentence.
+
 Silero runs here only on finals (a few ms per second of audio), on a fresh state.
 """
 
@@ -27,6 +39,10 @@ from ..audio import SAMPLE_RATE_HZ
 ANY_SPEECH_PROB = 0.3
 SPEECH_PROB = 0.5
 PHRASE_SPEECH_S = 0.12
+SPARSE_MIN_S = 4.0
+SPARSE_WORDS_PER_S = 1.2
+REPEAT_MIN_WORDS = 6
+REPEAT_UNIQUE = 0.4
 _WINDOW = 512
 
 # Lower case, punctuation removed (see `_plain`).
@@ -69,6 +85,13 @@ def strip_invented(text: str, pcm: npt.NDArray[np.int16]) -> str:
     speech_s, top = speech_seconds(pcm)
     if top < ANY_SPEECH_PROB:
         return ""
-    if _plain(text) in SILENCE_PHRASES and speech_s < PHRASE_SPEECH_S:
+    plain = _plain(text)
+    if plain in SILENCE_PHRASES and speech_s < PHRASE_SPEECH_S:
+        return ""
+    words = plain.split()
+    seconds = len(pcm) / SAMPLE_RATE_HZ
+    if seconds >= SPARSE_MIN_S and len(words) < SPARSE_WORDS_PER_S * seconds:
+        return ""
+    if len(words) >= REPEAT_MIN_WORDS and len(set(words)) <= REPEAT_UNIQUE * len(words):
         return ""
     return text
