@@ -68,3 +68,12 @@ def test_long_real_speech_is_kept_whole() -> None:
     said = ("And so, my fellow Americans, ask not what your country can do for you; "
             "ask what you can do for your country.")
     assert strip_invented(said, jfk) == said
+
+
+def test_subtitle_sign_offs_are_removed() -> None:
+    jfk = speech("jfk-44k1-stereo.wav")
+    said = ("And so, my fellow Americans, ask not what your country can do for you; "
+            "ask what you can do for your country.")
+    assert strip_invented(f"{said} Thank you very much for watching, and I'll see you "
+                          "next time.", jfk) == said
+    assert strip_invented("Thanks for watching! Please subscribe.", jfk) == ""

@@ -4,8 +4,9 @@ Whisper was trained on subtitles: over silence, music or noise it tends to say w
 subtitle files say there ("Thank you.", "Thanks for watching!", "(music)"). Two rules,
 both on a final's own audio, so they hold with turn detection off too:
 
-- Sound descriptions in brackets, parentheses or asterisks, and music notes, are not
-  words anyone said: they are removed from any transcript.
+- Sound descriptions in brackets, parentheses or asterisks, music notes and subtitle
+  sign-offs ("... for watching", "subscribe") are not words anyone said to a room
+  microphone: they are removed from any transcript.
 - Audio in which Silero hears no speech yields no words. A final is dropped when no
   window reaches `ANY_SPEECH_PROB` (Together's default VAD threshold, so with turn
   detection on this only bites on a manual commit); one of the well-known silence
@@ -58,6 +59,10 @@ SILENCE_PHRASES = frozenset({
 })
 
 _ANNOTATION = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*|[♪♫♬]+")
+# Subtitle sign-offs: no one says these to a room microphone, Whisper says them over
+# babble ("Thank you very much for watching, and I'll see you next time.").
+_SIGN_OFF = re.compile(r"[^.!?]*\b(for watching|see you next time|see you in the next"
+                       r"|subscribe|amara\.org|subtitles by)\b[^.!?]*[.!?]?", re.I)
 
 
 def _plain(text: str) -> str:
@@ -79,7 +84,7 @@ def speech_seconds(pcm: npt.NDArray[np.int16]) -> tuple[float, float]:
 
 def strip_invented(text: str, pcm: npt.NDArray[np.int16]) -> str:
     """`text` without what Whisper invented over `pcm` (see the module's rules)."""
-    text = " ".join(_ANNOTATION.sub(" ", text).split())
+    text = " ".join(_SIGN_OFF.sub(" ", _ANNOTATION.sub(" ", text)).split())
     if not any(c.isalnum() for c in text):
         return ""
     speech_s, top = speech_seconds(pcm)
