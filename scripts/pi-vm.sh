@@ -17,9 +17,10 @@
 # 127.0.0.1, which the guest reaches as 10.0.2.2 (QEMU user networking), and a
 # listener (scripts/pi_vm_listen.py). In the guest, pi-vm-driver.service plays
 # ../shared/audio into plughw:Loopback,0,0 (aplay converts the rate), stops the clock,
-# waits for the restart, plays again, writes a report and powers off. The loopback is
-# clocked by a playback on snd-dummy (snd-aloop's timer_source), so stopping that
-# playback (SIGSTOP) stalls the capture as a dead sound card would: reads block.
+# waits for the restart, plays again, writes a report and powers off. The loopback card
+# takes its clock from a playback on a second loopback card, "Clock" (snd-aloop's
+# timer_source; Debian's arm64 kernel has no snd-dummy), so stopping that playback
+# (SIGSTOP) stalls the capture as a sound card with a dead clock would: reads block.
 # Writes DIR/vm/report.txt (the guest's) and DIR/vm/result.md (the verdict); exit 0
 # only if the verdict is PASS. Not part of scripts/test.sh or CI.
 set -euo pipefail
@@ -187,16 +188,17 @@ url = "ws://10.0.2.2:$SERVER_PORT/v1/realtime"
 host = "10.0.2.2"
 port = $MQTT_PORT
 TOML
-# The sound card's clock: snd-aloop takes its periods from a playback on snd-dummy
-# (timer_source), 100 ms periods like the daemon's reads (they must match).
+# The sound card's clock: two snd-aloop cards; "Loopback" (the microphone) takes its
+# periods from the playback on "Clock" (timer_source), which is clocked by the kernel
+# timer and fed silence by aplay, in 100 ms periods like the daemon's reads (snd-aloop
+# wants them equal). Stopping that aplay stops Loopback's clock.
 cat > "$R/etc/systemd/system/pi-vm-clock.service" <<'UNIT'
 [Unit]
-Description=pi-vm: the loopback card's clock (a playback on snd-dummy that times snd-aloop)
+Description=pi-vm: the loopback card's clock (a playback on a second snd-aloop card)
 Before=roomscribe.service
 [Service]
-ExecStartPre=/usr/sbin/modprobe snd-dummy
-ExecStartPre=/usr/sbin/modprobe snd-aloop timer_source=Dummy.0.0
-ExecStart=/usr/bin/aplay -q -D hw:Dummy,0,0 -t raw -f S16_LE -r 48000 -c 2 --period-size=4800 --buffer-size=14400 /dev/zero
+ExecStartPre=/usr/sbin/modprobe snd-aloop enable=1,1 id=Loopback,Clock timer_source=Clock.0.0
+ExecStart=/usr/bin/aplay -q -D hw:Clock,0,0 -t raw -f S16_LE -r 48000 -c 2 --period-size=4800 --buffer-size=14400 /dev/zero
 [Install]
 WantedBy=multi-user.target
 UNIT
@@ -266,7 +268,12 @@ done
 mark boot "uptime=$(cut -d' ' -f1 /proc/uptime)"
 
 # 1. speech into the loopback, each recording once, with silence between
-until_true 600 capturing || { mark error what=not-capturing; finish; }
+clock_failed() { systemctl is-failed -q pi-vm-clock.service; }
+capturing_or_no_clock() { clock_failed || capturing; }
+if ! until_true 300 capturing_or_no_clock || clock_failed; then
+    mark error what=not-capturing "clock=$(systemctl is-active pi-vm-clock)"
+    finish
+fi
 mark capturing phase=1 "uptime=$(cut -d' ' -f1 /proc/uptime)"
 sleep 5  # the gate learns the noise floor
 for f in "${FILES[@]}"; do
@@ -290,7 +297,7 @@ systemctl kill --kill-whom=main -s SIGCONT pi-vm-clock.service
 mark resume
 
 # 3. back: the new process captures and transcribes
-until_true 600 capturing || { mark error what=not-capturing-after-restart; finish; }
+until_true 300 capturing || { mark error what=not-capturing-after-restart; finish; }
 mark capturing phase=2 "nrestarts=$(prop NRestarts)"
 sleep 5
 play 2 "${FILES[0]}"
