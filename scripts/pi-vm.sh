@@ -219,10 +219,13 @@ until_true() {  # seconds, command...: 0 once the command succeeds, 1 after the 
     until "$@"; do ((SECONDS < end)) || return 1; sleep 2; done
 }
 prop() { systemctl show roomscribe -p "$1" --value; }
-capturing() {  # this run of the service has opened the device
-    local id; id=$(prop InvocationID)
-    [[ -n $id && $(prop ActiveState) == active ]] &&
-        journalctl -b -o cat "_SYSTEMD_INVOCATION_ID=$id" | grep -q "capture: hw:Loopback,1,0 open"
+capturing() {  # this run of the service opened the device 3 s ago or more and no read failed
+    local id line
+    id=$(prop InvocationID)
+    [[ -n $id && $(prop ActiveState) == active ]] || return 1
+    line=$(journalctl -b -o short-unix "_SYSTEMD_INVOCATION_ID=$id" \
+        | grep -E "capture: (hw:Loopback,1,0 open|capture.device)" | tail -1)
+    [[ $line == *"hw:Loopback,1,0 open"* ]] && (($(date +%s) - ${line%%.*} >= 3))
 }
 idle() { [[ $(prop StatusText) == idle,* ]]; }  # nothing left to send: all transcribed
 memory() {  # the daemon's peak and current RSS (the guest kernel's figures), its cgroup's
@@ -288,7 +291,8 @@ mark settled phase=1 $MEMORY_BEFORE
 n0=$(prop NRestarts)
 mark stall "nrestarts=$n0"
 systemctl kill --kill-whom=main -s SIGSTOP pi-vm-clock.service
-if until_true 300 test "$(prop NRestarts)" -gt "$n0"; then
+restarted() { (($(prop NRestarts) > n0)); }
+if until_true 300 restarted; then
     mark restarted "nrestarts=$(prop NRestarts)"
 else
     mark no-restart "nrestarts=$(prop NRestarts)" "state=$(prop ActiveState)"
@@ -296,7 +300,8 @@ fi
 systemctl kill --kill-whom=main -s SIGCONT pi-vm-clock.service
 mark resume
 
-# 3. back: the new process captures and transcribes
+# 3. back: a new process captures and transcribes (the speech must not start before the
+# capture side has set the loopback's format: alone, aplay would set the file's own)
 until_true 300 capturing || { mark error what=not-capturing-after-restart; finish; }
 mark capturing phase=2 "nrestarts=$(prop NRestarts)"
 sleep 5
@@ -348,5 +353,11 @@ cp "$VM/mnt/var/log/pi-vm-journal.txt" "$VM/journal.txt" 2>/dev/null || true
 umount_all
 [[ -s $VM/report.txt ]] && cat "$VM/report.txt"
 echo
+if [[ -s $VM/journal.txt ]]; then
+    echo "--- the stall in the guest's journal (guest clock) ---"
+    grep -E "mark: stall|capture stalled|Watchdog timeout|Killing process [0-9]+ \(roomscribe\)|restart counter|SIGCONT" \
+        "$VM/journal.txt" "$VM/driver.log" | head -12 || true
+    echo
+fi
 "$REPO/.venv/bin/python" "$REPO/scripts/pi_vm_listen.py" judge --out "$VM" \
     --references "$SHARED/transcripts.tsv"
