@@ -21,8 +21,10 @@ back as transcripts, and whether the watchdog restart happened and the daemon ca
   utterance (tiny.en writes names its own way: "Claflin", "Abbie") and MAX_WER_ALL
   over all of them;
 - the watchdog: the driver saw NRestarts go up after it stopped the sound card's
-  clock; the broker saw the daemon go (`offline`, its last will) and come back
-  (`online`), and an utterance played after the restart was transcribed.
+  clock, the guest's journal (DIR/journal.txt, copied from the image) has systemd's
+  `roomscribe.service: Watchdog timeout` for it, the broker saw the daemon go
+  (`offline`, its last will) and come back (`online`), and an utterance played after
+  the restart was transcribed.
 
 Writes DIR/result.md; exit status 0 only if every check passed.
 """
@@ -216,7 +218,7 @@ def judge(args: argparse.Namespace) -> int:
                         + "; ".join(repr(p["text"]) for p in stray))
 
     lines += ["| phase | file | reference | transcripts (as published) | WER | first "
-              "transcript after playback start | last after playback end |",
+              "transcript, after playback start | last, after playback end |",
               "|---|---|---|---|---|---|---|"]
     ref_all: list[str] = []
     hyp_all: list[str] = []
@@ -254,7 +256,7 @@ def judge(args: argparse.Namespace) -> int:
         lines.append(f"First transcript on the broker {first_any:.1f} s after the first "
                      "playback started.")
 
-    lines += ["", *watchdog(markers, mqtt, utts, failures)]
+    lines += ["", *watchdog(markers, mqtt, utts, failures, out / "journal.txt")]
     verdict = "PASS" if not failures else "FAIL"
     lines += ["", f"**{verdict}**", *(f"- {f}" for f in failures)]
     text = "\n".join(lines) + "\n"
@@ -264,8 +266,9 @@ def judge(args: argparse.Namespace) -> int:
 
 
 def watchdog(markers: list[dict[str, Any]], mqtt: list[dict[str, Any]],
-             utts: list[Utterance], failures: list[str]) -> list[str]:
-    """The stalled-capture phase, from the driver's markers and the availability topic."""
+             utts: list[Utterance], failures: list[str], journal: Path) -> list[str]:
+    """The stalled-capture phase: the driver's markers, the availability topic and the
+    transcripts on the host's clock; systemd's lines from the guest's journal."""
     named = {m["name"]: m for m in markers}
     stall = named.get("stall")
     if stall is None:
@@ -274,11 +277,10 @@ def watchdog(markers: list[dict[str, Any]], mqtt: list[dict[str, Any]],
     t0 = stall["t"]
     lines = ["| host time after the clock stopped | event |", "|---|---|"]
     rows: list[tuple[float, str]] = []
-    for name in ("stall", "restarted", "resume", "no-restart"):
-        if name in named:
-            m = named[name]
+    for m in markers:
+        if m["t"] >= t0 and m["name"] not in ("settled",):
             extra = " ".join(f"{k}={v}" for k, v in m["args"].items() if k != "t")
-            rows.append((m["t"], f"VM: {name} {extra}".rstrip()))
+            rows.append((m["t"], f"VM: {m['name']} {extra}".rstrip()))
     went = came = None
     for e in mqtt:
         if e["topic"].endswith("/availability") and e["t"] >= t0 and not e["retain"]:
@@ -292,6 +294,14 @@ def watchdog(markers: list[dict[str, Any]], mqtt: list[dict[str, Any]],
         for p in u.transcripts:
             rows.append((p["_host_t"], f"broker: transcript {p['text'].strip()!r}"))
     lines += [f"| {t - t0:+.1f} s | {what} |" for t, what in sorted(rows)]
+    said = []
+    if journal.exists():
+        said = [line for line in journal.read_text(encoding="utf-8", errors="replace").splitlines()
+                if "roomscribe.service: Watchdog timeout" in line
+                or "capture stalled" in line or "restart counter is at" in line]
+        lines += ["", "The guest's journal (its clock):", "", *(f"    {x}" for x in said)]
+    if not any("Watchdog timeout" in x for x in said):
+        failures.append("no `roomscribe.service: Watchdog timeout` in the guest's journal")
     restarted = named.get("restarted")
     if restarted is None or int(restarted["args"].get("nrestarts", "0")) < 1:
         failures.append("no restart after the capture stalled (NRestarts did not go up)")

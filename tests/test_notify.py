@@ -100,6 +100,19 @@ def test_a_stall_is_said_once_and_so_is_the_audio_coming_back() -> None:
     assert wd.stall_change(60.0) is None
 
 
+def test_a_stall_is_noticed_when_the_bound_passes_not_a_period_later() -> None:
+    wd = Watchdog(interval_s=30.0, stall_after_s=10.0)
+    wd.frame_arrived(0.0)
+    now, polls = 0.0, []
+    while now < 40.0:
+        send, wait = wd.poll(now)
+        polls.append((now, send, wd.stall_change(now)))
+        now += wait
+    said = [(t, change) for t, _, change in polls if change]
+    assert len(said) == 1 and said[0][1] == "stalled" and 10.0 < said[0][0] <= 10.1
+    assert [t for t, send, _ in polls if send] == [0.0]  # pings: only while healthy
+
+
 @pytest.mark.parametrize(
     ("env", "expected_s"),
     [

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 # A microphone that delivers nothing for this long counts as stalled.
 STALL_AFTER_S = 10.0
+# ...and that is noticed this much later at most.
+STALL_NOTICE_S = 0.05
 # systemd shows one line; a long error would push the useful part off screen.
 STATUS_ERROR_CHARS = 120
 
@@ -111,10 +113,14 @@ class Watchdog:
             # Re-check often enough that audio coming back resumes pings well within
             # the interval systemd still grants.
             return False, self.period_s / 2
+        # Also poll just after the stall bound would pass with no new frame, so that a
+        # stall is noticed (and said, stall_change) then, not up to a period later.
+        last_frame = now if self._last_frame is None else self._last_frame  # healthy: set
+        until_stall = last_frame + self.stall_after_s - now + STALL_NOTICE_S
         if self._last_ping is None or now - self._last_ping >= self.period_s:
             self._last_ping = now
-            return True, self.period_s
-        return False, self._last_ping + self.period_s - now
+            return True, min(self.period_s, until_stall)
+        return False, min(self._last_ping + self.period_s - now, until_stall)
 
 
 def _socket_address(value: str) -> str | None:
