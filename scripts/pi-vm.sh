@@ -20,7 +20,8 @@
 # waits for the restart, plays again, writes a report and powers off. The loopback card
 # takes its clock from a playback on a second loopback card, "Clock" (snd-aloop's
 # timer_source; Debian's arm64 kernel has no snd-dummy), so stopping that playback
-# (SIGSTOP) stalls the capture as a sound card with a dead clock would: reads block.
+# (SIGSTOP) stalls the capture as a sound card with a dead clock would: no periods
+# come, and the kernel fails each read with EIO after 1.1 buffer times.
 # Writes DIR/vm/report.txt (the guest's) and DIR/vm/result.md (the verdict); exit 0
 # only if the verdict is PASS. Not part of scripts/test.sh or CI.
 set -euo pipefail
@@ -34,7 +35,7 @@ while [[ $# -gt 0 ]]; do
     case $1 in
         --work) [[ -n ${2:-} ]] || die "--work needs a directory"; WORK=$2; shift 2 ;;
         --timeout-s) [[ ${2:-} =~ ^[0-9]+$ ]] || die "--timeout-s needs seconds"; TIMEOUT_S=$2; shift 2 ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
         *) die "unknown option '$1' (see --help)" ;;
     esac
 done
