@@ -24,10 +24,13 @@ AUDIO_DIR = (Path(os.environ.get("ROOMSCRIBE_SHARED") or REPO.parent / "shared")
 
 
 # The server extra (faster-whisper, onnxruntime) installs on 64-bit machines only:
-# onnxruntime publishes no 32-bit ARM wheel. Without it the server's tests are skipped.
+# ctranslate2 and onnxruntime publish no 32-bit ARM wheels. Without it the server's
+# tests are skipped with this reason: the marked ones here, tests/server/ modules by
+# their importorskip.
 HAS_SERVER_EXTRA = importlib.util.find_spec("faster_whisper") is not None
 NO_SERVER_EXTRA = ("needs the server extra (faster-whisper, onnxruntime), which is not "
-                   "installed: it is 64-bit only (onnxruntime has no 32-bit ARM wheel)")
+                   "installed: the server extra is 64-bit only (ctranslate2 and "
+                   "onnxruntime have no armv7l wheels)")
 
 
 def pytest_report_header() -> list[str]:

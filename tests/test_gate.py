@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soxr
 
-from conftest import AUDIO_DIR, reference_texts
+from conftest import AUDIO_DIR, NO_SERVER_EXTRA, reference_texts
 from roomscribe.config import ConfigError, GateSettings, parse
 from roomscribe.gate import (
     Close,
@@ -32,7 +32,7 @@ CLIPS = sorted(reference_texts())
 HAVE_SILERO = importlib.util.find_spec("onnxruntime") is not None and \
     importlib.util.find_spec("faster_whisper") is not None
 MODES = ["energy", pytest.param("silero", marks=pytest.mark.skipif(
-    not HAVE_SILERO, reason="needs the [server] extra"))]
+    not HAVE_SILERO, reason=NO_SERVER_EXTRA))]
 
 
 def clip16k(name: str) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import uuid
@@ -81,6 +82,35 @@ def test_stop_ends_pings_even_with_audio() -> None:
     wd.stop()
     wd.frame_arrived(1.5)
     assert not wd.poll(1.5)[0]
+
+
+def test_a_stall_is_said_once_and_so_is_the_audio_coming_back() -> None:
+    wd = Watchdog(interval_s=30.0, stall_after_s=10.0)
+    assert wd.stall_change(0.0) is None  # no audio yet: not a stall of audio that flowed
+    assert wd.quiet_s(0.0) is None
+    wd.frame_arrived(1.0)
+    assert [wd.stall_change(t) for t in (5.0, 11.0)] == [None, None]
+    assert wd.stall_change(11.5) == "stalled"
+    assert wd.quiet_s(11.5) == 10.5
+    assert [wd.stall_change(t) for t in (19.0, 40.0)] == [None, None]
+    wd.frame_arrived(41.0)
+    assert wd.stall_change(41.0) == "resumed"
+    assert wd.stall_change(42.0) is None
+    wd.stop()  # shutting down on purpose: silence after it is no stall
+    assert wd.stall_change(60.0) is None
+
+
+def test_a_stall_is_noticed_when_the_bound_passes_not_a_period_later() -> None:
+    wd = Watchdog(interval_s=30.0, stall_after_s=10.0)
+    wd.frame_arrived(0.0)
+    now, polls = 0.0, []
+    while now < 40.0:
+        send, wait = wd.poll(now)
+        polls.append((now, send, wd.stall_change(now)))
+        now += wait
+    said = [(t, change) for t, _, change in polls if change]
+    assert len(said) == 1 and said[0][1] == "stalled" and 10.0 < said[0][0] <= 10.1
+    assert [t for t, send, _ in polls if send] == [0.0]  # pings: only while healthy
 
 
 @pytest.mark.parametrize(
@@ -162,8 +192,13 @@ def test_ready_status_stopping_arrive(listener: Listener) -> None:
 
 
 def test_watchdog_pings_while_frames_arrive_and_stop_when_they_stop(
-        listener: Listener) -> None:
+        listener: Listener, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="roomscribe.notify")
     asyncio.run(asyncio.wait_for(watchdog_scenario(listener), scaled(30.0)))
+    # the journal says why the restart that follows comes
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and said[0].startswith("capture stalled: no audio for ")
+    assert "systemd restarts the service within 0.4 s" in said[0]
 
 
 async def watchdog_scenario(listener: Listener) -> None:

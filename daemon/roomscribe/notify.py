@@ -7,7 +7,8 @@ loop is turning", not merely "the process exists":
 - `Watchdog` (no I/O) pings at half the interval, and only while a frame arrived within
   `stall_after_s` (capped at the interval, so a stall always ends in a restart);
 - `Notifier.run_watchdog` is an asyncio task: a wedged loop never runs it, so it stops
-  pinging by itself.
+  pinging by itself. It also says in the journal when pings stop for want of audio (and
+  when audio comes back), so the restart that follows has its reason next to it.
 
 Outside systemd ($NOTIFY_SOCKET unset) every call is a no-op.
 """
@@ -20,11 +21,14 @@ import os
 import socket
 import time
 from collections.abc import Callable, Mapping
+from typing import Literal
 
 log = logging.getLogger(__name__)
 
 # A microphone that delivers nothing for this long counts as stalled.
 STALL_AFTER_S = 10.0
+# ...and that is noticed this much later at most.
+STALL_NOTICE_S = 0.05
 # systemd shows one line; a long error would push the useful part off screen.
 STATUS_ERROR_CHARS = 120
 
@@ -55,6 +59,7 @@ class Watchdog:
         self._last_frame: float | None = None
         self._last_ping: float | None = None
         self._stopped = False
+        self._stall_said = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], pid: int,
@@ -86,16 +91,36 @@ class Watchdog:
         return (not self._stopped and self._last_frame is not None
                 and now - self._last_frame <= self.stall_after_s)
 
+    def quiet_s(self, now: float) -> float | None:
+        """Seconds since the last frame; None before the first."""
+        return None if self._last_frame is None else now - self._last_frame
+
+    def stall_change(self, now: float) -> Literal["stalled", "resumed"] | None:
+        """"stalled" once when frames that were arriving stop for longer than the stall
+        bound (pings stop), "resumed" once when they come back; None otherwise, and
+        always after stop(): a shutdown on purpose is no stall."""
+        if self._stopped or self._last_frame is None:
+            return None
+        stalled = now - self._last_frame > self.stall_after_s
+        if stalled == self._stall_said:
+            return None
+        self._stall_said = stalled
+        return "stalled" if stalled else "resumed"
+
     def poll(self, now: float) -> tuple[bool, float]:
         """(send WATCHDOG=1 now?, seconds until the next poll)."""
         if not self.healthy(now):
             # Re-check often enough that audio coming back resumes pings well within
             # the interval systemd still grants.
             return False, self.period_s / 2
+        # Also poll just after the stall bound would pass with no new frame, so that a
+        # stall is noticed (and said, stall_change) then, not up to a period later.
+        last_frame = now if self._last_frame is None else self._last_frame  # healthy: set
+        until_stall = last_frame + self.stall_after_s - now + STALL_NOTICE_S
         if self._last_ping is None or now - self._last_ping >= self.period_s:
             self._last_ping = now
-            return True, self.period_s
-        return False, self._last_ping + self.period_s - now
+            return True, min(self.period_s, until_stall)
+        return False, min(self._last_ping + self.period_s - now, until_stall)
 
 
 def _socket_address(value: str) -> str | None:
@@ -176,9 +201,18 @@ class Notifier:
         if watchdog is None:
             return
         while True:
-            send, wait_s = watchdog.poll(self._clock())
+            now = self._clock()
+            send, wait_s = watchdog.poll(now)
             if send:
                 self._send("WATCHDOG=1")
+            change = watchdog.stall_change(now)
+            if change == "stalled":
+                log.warning("capture stalled: no audio for %.0f s; the systemd watchdog is "
+                            "no longer fed, so systemd restarts the service within %.3g s "
+                            "unless audio comes back", watchdog.quiet_s(now) or 0.0,
+                            watchdog.interval_s)
+            elif change == "resumed":
+                log.info("capture: audio again; the systemd watchdog is fed again")
             await asyncio.sleep(wait_s)
 
     def close(self) -> None:

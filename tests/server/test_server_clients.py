@@ -26,9 +26,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from conftest import NO_SERVER_EXTRA
 from server_support import normalise, speech, transcriber
 
-pytest.importorskip("faster_whisper")
+pytest.importorskip("faster_whisper", reason=NO_SERVER_EXTRA)
 pytest.importorskip("together")
 pytest.importorskip("openai")
 

@@ -11,7 +11,9 @@ from collections.abc import AsyncIterator, Callable
 import numpy as np
 import pytest
 
-pytest.importorskip("faster_whisper")
+from conftest import NO_SERVER_EXTRA
+
+pytest.importorskip("faster_whisper", reason=NO_SERVER_EXTRA)
 
 from roomscribe.server.scheduler import Scheduler
 from roomscribe.server.session import DecodeJob

@@ -10,6 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from conftest import NO_SERVER_EXTRA
 from server_support import (
     DEFAULT_VAD,
     FILES,
@@ -23,7 +24,7 @@ from server_support import (
     speech,
 )
 
-pytest.importorskip("faster_whisper")
+pytest.importorskip("faster_whisper", reason=NO_SERVER_EXTRA)
 
 from conftest import reference_texts
 from roomscribe.server.session import DecodeJob, Limits, Session

@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from conftest import NO_SERVER_EXTRA
 from server_support import append, coverage, server, silence, speech
 from timing import scaled
 
-pytest.importorskip("faster_whisper")
+pytest.importorskip("faster_whisper", reason=NO_SERVER_EXTRA)
 
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from conftest import NO_SERVER_EXTRA
 from server_support import (
     Deliver,
     append,
@@ -23,7 +24,7 @@ from server_support import (
     transcriber,
 )
 
-pytest.importorskip("faster_whisper")
+pytest.importorskip("faster_whisper", reason=NO_SERVER_EXTRA)
 
 from conftest import reference_texts
 from roomscribe.server.scheduler import Scheduler

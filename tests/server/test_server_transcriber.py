@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("faster_whisper")
+from conftest import NO_SERVER_EXTRA
+
+pytest.importorskip("faster_whisper", reason=NO_SERVER_EXTRA)
 
 from roomscribe.server.transcriber import looped
 from server_support import RATE, coverage, silence, speech, transcriber

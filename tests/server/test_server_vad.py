@@ -7,9 +7,10 @@ import itertools
 import numpy as np
 import pytest
 
+from conftest import NO_SERVER_EXTRA
 from server_support import FILES, RATE, coverage, driver, silence, speech
 
-pytest.importorskip("faster_whisper")
+pytest.importorskip("faster_whisper", reason=NO_SERVER_EXTRA)
 
 from conftest import reference_texts
 from roomscribe.server.vad import (
