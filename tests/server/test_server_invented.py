@@ -60,7 +60,11 @@ def test_few_words_over_long_babble_and_loops_are_dropped() -> None:
     babble = fan_noise(9.0) * 8  # loud enough for Silero to hear something
     padded = np.concatenate([babble, speech("jfk-44k1-stereo.wav")[:RATE]])
     assert strip_invented("I don't know what's up.", padded) == ""
-    assert strip_invented("No, no, no, no, no, no.", speech("jfk-44k1-stereo.wav")) == ""
+    jfk = speech("jfk-44k1-stereo.wav")
+    assert strip_invented("No, no, no, no, no, no.", jfk) == ""
+    assert strip_invented("No, no, no, no, no. No, I don't, I don't.", jfk) == ""
+    assert strip_invented("I don't know. I don't know. I don't know.", jfk) == ""
+    assert strip_invented("No, no, no!", jfk[:2 * RATE]) == "No, no, no!"  # said, short
 
 
 def test_long_real_speech_is_kept_whole() -> None:
@@ -68,6 +72,12 @@ def test_long_real_speech_is_kept_whole() -> None:
     said = ("And so, my fellow Americans, ask not what your country can do for you; "
             "ask what you can do for your country.")
     assert strip_invented(said, jfk) == said
+    # Numbers in digits are several spoken words; a sentence said three times stays.
+    lj = np.concatenate([silence(0.5), speech("lj002-0020-22k05.wav"), silence(0.4),
+                         speech("lj002-0035-22k05.wav"), silence(1.0)])
+    assert strip_invented("In 1813. 8. The press yard.", lj) == "In 1813. 8. The press yard."
+    thrice = np.concatenate([jfk, jfk, jfk])
+    assert strip_invented(f"{said} {said} {said}", thrice) == f"{said} {said} {said}"
 
 
 def test_subtitle_sign_offs_are_removed() -> None:

@@ -19,11 +19,13 @@ speech) Whisper says a few words for many seconds, often one phrase again and ag
 from bench/real_speech.py's 33 minutes of non-speech against its 21 minutes of speech:
 
 - Sparse: a final of at least `SPARSE_MIN_S` with fewer than `SPARSE_WORDS_PER_S`
-  words a second is dropped. A segment is speech with pauses under min_silence, and
-  people say 2-3 words a second; of 116 speech finals with words one was this
-  sparse (a voice under music at 10 dB SNR), of 30 babble finals 25 were.
-- Repetitive: `REPEAT_MIN_WORDS` or more words of which at most `REPEAT_UNIQUE` are
-  different: a loop, not a sentence.
+  words a second is dropped (a number in digits counts one word per two digits). A
+  segment is speech with pauses under min_silence, and people say 2-3 words a
+  second; of 116 speech finals with words one was this sparse (7 words in 7.1 s, a
+  voice under music at 10 dB SNR), of 30 babble finals 21 were.
+- Looped: `LOOP_MIN_WORDS` or more words, most of them (`LOOP_SHARE`) one phrase of
+  up to `LOOP_PHRASE_WORDS` words said three times or more in a row ("I don't know.
+  I don't know. I don't know."). A sentence said three times stays.
 
 Silero runs here only on finals (a few ms per second of audio), on a fresh state.
 """
@@ -40,10 +42,11 @@ from ..audio import SAMPLE_RATE_HZ
 ANY_SPEECH_PROB = 0.3
 SPEECH_PROB = 0.5
 PHRASE_SPEECH_S = 0.12
-SPARSE_MIN_S = 4.0
-SPARSE_WORDS_PER_S = 1.2
-REPEAT_MIN_WORDS = 6
-REPEAT_UNIQUE = 0.4
+SPARSE_MIN_S = 7.0
+SPARSE_WORDS_PER_S = 1.0
+LOOP_MIN_WORDS = 6
+LOOP_PHRASE_WORDS = 6
+LOOP_SHARE = 0.6
 _WINDOW = 512
 
 # Lower case, punctuation removed (see `_plain`).
@@ -66,7 +69,7 @@ _SIGN_OFF = re.compile(r"[^.!?]*\b(for watching|see you next time|see you in the
 
 
 def _plain(text: str) -> str:
-    return " ".join(re.sub(r"[^a-z' ]", "", text.lower().replace("-", " ")).split())
+    return " ".join(re.sub(r"[^a-z0-9' ]", "", text.lower().replace("-", " ")).split())
 
 
 def speech_seconds(pcm: npt.NDArray[np.int16]) -> tuple[float, float]:
@@ -94,9 +97,27 @@ def strip_invented(text: str, pcm: npt.NDArray[np.int16]) -> str:
     if plain in SILENCE_PHRASES and speech_s < PHRASE_SPEECH_S:
         return ""
     words = plain.split()
+    spoken = sum(max(1, len(w) // 2) if w.isdigit() else 1 for w in words)
     seconds = len(pcm) / SAMPLE_RATE_HZ
-    if seconds >= SPARSE_MIN_S and len(words) < SPARSE_WORDS_PER_S * seconds:
+    if seconds >= SPARSE_MIN_S and spoken < SPARSE_WORDS_PER_S * seconds:
         return ""
-    if len(words) >= REPEAT_MIN_WORDS and len(set(words)) <= REPEAT_UNIQUE * len(words):
+    if len(words) >= LOOP_MIN_WORDS and _looped_share(words) >= LOOP_SHARE:
         return ""
     return text
+
+
+def _looped_share(words: list[str]) -> float:
+    """The share of `words` inside runs of one short phrase said 3+ times in a row."""
+    covered = [False] * len(words)
+    for n in range(1, LOOP_PHRASE_WORDS + 1):
+        i = 0
+        while i + n <= len(words):
+            reps = 1
+            while words[i + reps * n:i + (reps + 1) * n] == words[i:i + n]:
+                reps += 1
+            if reps >= 3:
+                covered[i:i + reps * n] = [True] * (reps * n)
+                i += reps * n
+            else:
+                i += 1
+    return sum(covered) / len(words)
