@@ -87,3 +87,9 @@ def test_subtitle_sign_offs_are_removed() -> None:
     assert strip_invented(f"{said} Thank you very much for watching, and I'll see you "
                           "next time.", jfk) == said
     assert strip_invented("Thanks for watching! Please subscribe.", jfk) == ""
+
+
+def test_a_sentence_looped_three_times_is_dropped() -> None:
+    jfk = speech("jfk-44k1-stereo.wav")
+    loop = "This is what I'm going to do. " * 3
+    assert strip_invented(loop, jfk) == ""
