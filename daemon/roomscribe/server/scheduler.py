@@ -89,8 +89,9 @@ class Scheduler:
         # Sessions with a decode in progress -> whether it is a partial.
         self._running: dict[str, bool] = {}
         self._bulk_running: set[str] = set()  # those of them replaying a backlog
-        self._turns: dict[str, TurnText] = {}  # per session with a final decoded
-        self._gone: set[str] = set()  # forgotten while a decode of theirs ran
+        # Per session with a decode begun; forget() drops it (a decode still running
+        # then writes to its own reference, which nothing reads again).
+        self._turns: dict[str, TurnText] = {}
         self._changed = asyncio.Event()  # something to reconsider: a job or a free worker
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="roomscribe-asr")
@@ -137,8 +138,6 @@ class Scheduler:
         self._count -= len(self._finals.pop(session_id, ()))
         self._partials.pop(session_id, None)
         self._turns.pop(session_id, None)
-        if session_id in self._running:
-            self._gone.add(session_id)  # its decode in flight must not keep its text
         self._changed.set()
 
     def _choose(self) -> tuple[str, bool] | None:
@@ -220,9 +219,6 @@ class Scheduler:
             except Exception:  # a broken session must not stop the others
                 log.exception("delivering %s failed", job.item_id)
         finally:
-            if job.session_id in self._gone:
-                self._gone.discard(job.session_id)
-                self._turns.pop(job.session_id, None)
             self._running.pop(job.session_id, None)
             self._bulk_running.discard(job.session_id)
             self._changed.set()

@@ -106,7 +106,12 @@ class Transcriber:
     def transcribe(self, pcm: npt.NDArray[np.int16], final: bool, context: str = "") -> str:
         """The words in `pcm`. `context`: the text just before it in the same turn
         (a segment cut from a longer one); Whisper reads it as the previous text, so
-        the first words are decoded in context and the context is not repeated."""
+        the first words are decoded in context and the context is not repeated.
+        A final's text goes through `invented` (partials are replaced by the final)."""
+        text = self._decode(pcm, final, context)
+        return invented.strip_invented(text, pcm) if final and text else text
+
+    def _decode(self, pcm: npt.NDArray[np.int16], final: bool, context: str) -> str:
         if len(pcm) < MIN_DECODE_SAMPLES:
             return ""
         audio = pcm.astype(np.float32) / 32768.0
@@ -114,11 +119,10 @@ class Transcriber:
             text = self._window(self._model.feature_extractor(audio), len(pcm), final,
                                 self._context_tokens(context))
             if not looped(text):
-                return invented.strip_invented(text, pcm) if final else text
+                return text
             if not final:
                 return ""  # the next partial, or the final, will do better
-        text = self.transcribe_full(pcm, final, context)
-        return invented.strip_invented(text, pcm) if final else text
+        return self.transcribe_full(pcm, final, context)
 
     def _context_tokens(self, context: str) -> list[int]:
         context = context.strip()
