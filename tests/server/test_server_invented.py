@@ -40,6 +40,30 @@ def test_a_silence_phrase_someone_said_is_kept() -> None:
     assert strip_invented("You.", padded) == "You."
 
 
+def test_words_over_a_sliver_of_speech_are_dropped() -> None:
+    # 150 ms cut from inside a word of the meeting recording: Silero hears two 32 ms
+    # windows of speech at most. tiny.en wrote "We are here." and "We got it right."
+    # over such slivers of babble (bench/real_speech.py).
+    sliver = speech("ami-es2011a-16k.wav")[int(2.25 * RATE):int(2.4 * RATE)]
+    padded = np.concatenate([silence(0.5), sliver, silence(0.5)])
+    said, top = speech_seconds(padded)
+    assert said < 0.07 and top >= 0.3
+    assert strip_invented("We got it right.", padded) == ""
+
+
+def test_silence_phrases_in_a_row_are_one_silence_phrase() -> None:
+    # 200 ms of the meeting recording: three windows of speech, less than a real "you".
+    short = speech("ami-es2011a-16k.wav")[int(2.2 * RATE):int(2.4 * RATE)]
+    padded = np.concatenate([silence(0.5), short, silence(0.5)])
+    assert 0.07 <= speech_seconds(padded)[0] < 0.12
+    assert strip_invented("Thank you. Thank you very much.", padded) == ""
+    assert strip_invented("Thank you very much.", padded) == ""
+    assert strip_invented("Thank you, Anna.", padded) == "Thank you, Anna."
+    # Over 1.5 s of real speech the same words stay.
+    said = speech("lj002-0020-22k05.wav")
+    assert strip_invented("Thank you. Thank you very much.", said) != ""
+
+
 def test_sound_descriptions_are_removed_from_real_words() -> None:
     jfk = speech("jfk-44k1-stereo.wav")
     said = ("And so, my fellow Americans, ask not what your country can do for you; "

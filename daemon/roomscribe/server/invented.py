@@ -11,7 +11,10 @@ both on a final's own audio, so they hold with turn detection off too:
   window reaches `ANY_SPEECH_PROB` (Together's default VAD threshold, so with turn
   detection on this only bites on a manual commit); one of the well-known silence
   phrases is dropped when less than `PHRASE_SPEECH_S` of its audio reaches
-  `SPEECH_PROB` (a real "you" cut from a meeting recording has 0.19 s).
+  `SPEECH_PROB` (a real "you" cut from a meeting recording has 0.19 s), and so is a
+  run of them ("Thank you. Thank you very much."). Any text is dropped when less than
+  `MIN_SPEECH_S` is (two 32 ms windows: a sliver of babble, not a word; tiny.en said
+  "We are here." over one).
 
 Over babble (a TV in the next room, people talking over each other: Silero calls it
 speech) Whisper says a few words for many seconds, often one phrase again and again
@@ -42,6 +45,7 @@ from ..audio import SAMPLE_RATE_HZ
 ANY_SPEECH_PROB = 0.3
 SPEECH_PROB = 0.5
 PHRASE_SPEECH_S = 0.12
+MIN_SPEECH_S = 0.07  # two of Silero's 32 ms windows
 SPARSE_MIN_S = 7.0
 SPARSE_WORDS_PER_S = 1.0
 LOOP_MIN_WORDS = 6
@@ -61,6 +65,7 @@ SILENCE_PHRASES = frozenset({
     "i'm sorry", "we'll be right back",
 })
 
+_SENTENCE = re.compile(r"[.!?]+")
 _ANNOTATION = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*|[♪♫♬]+")
 # Subtitle sign-offs: no one says these to a room microphone, Whisper says them over
 # babble ("Thank you very much for watching, and I'll see you next time.").
@@ -93,8 +98,11 @@ def strip_invented(text: str, pcm: npt.NDArray[np.int16]) -> str:
     speech_s, top = speech_seconds(pcm)
     if top < ANY_SPEECH_PROB:
         return ""
+    if speech_s < MIN_SPEECH_S:
+        return ""
     plain = _plain(text)
-    if plain in SILENCE_PHRASES and speech_s < PHRASE_SPEECH_S:
+    if speech_s < PHRASE_SPEECH_S and all(_plain(s) in SILENCE_PHRASES
+                                          for s in _SENTENCE.split(text) if _plain(s)):
         return ""
     words = plain.split()
     spoken = sum(max(1, len(w) // 2) if w.isdigit() else 1 for w in words)

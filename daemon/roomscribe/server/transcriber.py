@@ -161,10 +161,16 @@ class Transcriber:
 
     def transcribe_full(self, pcm: npt.NDArray[np.int16], final: bool,
                         context: str = "") -> str:
-        """faster-whisper's own path: 30 s windows, any length, temperature fallback."""
+        """faster-whisper's own path: 30 s windows, any length, temperature fallback.
+        A window whose every temperature failed Whisper's own checks (its text loops,
+        or is improbable) is left out: faster-whisper would keep its least bad try,
+        and over babble that is a sampled loop ("Now we're going to go to the home
+        station." three times over reversed speech)."""
         segments, _info = self._model.transcribe(
             pcm.astype(np.float32) / 32768.0, language=self._language,
             beam_size=self.options.final_beam_size if final else 1,
             condition_on_previous_text=False, vad_filter=False,
             without_timestamps=True, initial_prompt=context.strip() or None)
-        return " ".join(s.text.strip() for s in segments).strip()
+        return " ".join(s.text.strip() for s in segments
+                        if s.compression_ratio <= LOOP_RATIO
+                        and s.avg_logprob >= LOW_LOGPROB).strip()
