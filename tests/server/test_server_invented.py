@@ -5,13 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server_support import RATE, silence, speech, transcriber
+from server_support import RATE, coverage, silence, speech, transcriber
 
 pytest.importorskip("faster_whisper")
 
-from roomscribe.server.invented import speech_seconds, strip_invented
+from roomscribe.server import invented
+from roomscribe.server.invented import speech_heard, strip_invented
 
 pytestmark = pytest.mark.server
+JFK_SAID = ("And so, my fellow Americans, ask not what your country can do for you; "
+            "ask what you can do for your country.")
 
 
 def fan_noise(seconds: float, seed: int = 1) -> np.ndarray:
@@ -33,7 +36,7 @@ def test_a_silence_phrase_someone_said_is_kept() -> None:
     # "You", said at 3.36 s of the meeting recording (the next word starts at 3.56 s),
     # alone between quarter-second pads of silence, as a room segment would be.
     you = speech("ami-es2011a-16k.wav")[int(3.2 * RATE):int(3.56 * RATE)]
-    said, _top = speech_seconds(you)
+    said = speech_heard(you).speech_s
     assert 0.12 <= said < 0.3
     padded = np.concatenate([silence(0.25), you, silence(0.25)])
     assert transcriber().transcribe(padded, final=True) != ""  # (tiny.en: "Thank you.")
@@ -46,7 +49,7 @@ def test_words_over_a_sliver_of_speech_are_dropped() -> None:
     # over such slivers of babble (bench/real_speech.py).
     sliver = speech("ami-es2011a-16k.wav")[int(2.25 * RATE):int(2.4 * RATE)]
     padded = np.concatenate([silence(0.5), sliver, silence(0.5)])
-    said, top = speech_seconds(padded)
+    said, top, _mean = speech_heard(padded)
     assert said < 0.07 and top >= 0.3
     assert strip_invented("We got it right.", padded) == ""
 
@@ -55,7 +58,7 @@ def test_silence_phrases_in_a_row_are_one_silence_phrase() -> None:
     # 200 ms of the meeting recording: three windows of speech, less than a real "you".
     short = speech("ami-es2011a-16k.wav")[int(2.2 * RATE):int(2.4 * RATE)]
     padded = np.concatenate([silence(0.5), short, silence(0.5)])
-    assert 0.07 <= speech_seconds(padded)[0] < 0.12
+    assert 0.07 <= speech_heard(padded).speech_s < 0.12
     assert strip_invented("Thank you. Thank you very much.", padded) == ""
     assert strip_invented("Thank you very much.", padded) == ""
     assert strip_invented("Thank you, Anna.", padded) == "Thank you, Anna."
@@ -117,3 +120,45 @@ def test_a_sentence_looped_three_times_is_dropped() -> None:
     jfk = speech("jfk-44k1-stereo.wav")
     loop = "This is what I'm going to do. " * 3
     assert strip_invented(loop, jfk) == ""
+
+
+def two_reversed_voices(seconds: float) -> np.ndarray:
+    """Babble with no word in it: JFK and the meeting recording played backwards at
+    once, at equal level, each from a random place (seeded)."""
+    rng = np.random.default_rng(12)
+    n = int(seconds * RATE)
+    mix = np.zeros(n, dtype=np.float32)
+    for name in ("jfk-44k1-stereo.wav", "ami-es2011a-16k.wav"):
+        voice = speech(name).astype(np.float32)[::-1]
+        voice *= 1000 / float(np.sqrt(np.mean(voice ** 2)))
+        loop = np.tile(voice, n // len(voice) + 2)
+        start = int(rng.integers(len(voice)))
+        mix += loop[start:start + n]
+    return np.clip(mix, -32768, 32767).astype(np.int16)
+
+
+def test_words_over_voices_whisper_cannot_read_are_dropped(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Silero is sure it hears speech; tiny.en writes words ("Oh, yeah, yeah.") with an
+    # average log-probability far under that of any real speech Silero is as sure of
+    # (-0.56 at worst in bench/real_speech.py).
+    babble = two_reversed_voices(4.0)
+    assert speech_heard(babble).mean >= 0.6  # precondition: Silero takes it for speech
+    model = transcriber()
+    assert model.transcribe(babble, final=True) == ""
+    monkeypatch.setattr(invented, "UNSURE_LOGPROB", -5.0)  # this rule, and no other
+    assert model.transcribe(babble, final=True) != ""
+    monkeypatch.undo()
+    # The rule goes by the decode's own confidence, and only where Silero is sure:
+    # JFK's pauses keep his speech out of it.
+    said = "I'm going down more than that. I can't remember why I fell more than that."
+    assert strip_invented(said, babble, avg_logprob=-0.4) == said
+    assert strip_invented(said, babble, avg_logprob=-0.9) == ""
+    jfk = speech("jfk-44k1-stereo.wav")
+    assert speech_heard(jfk).mean < 0.6
+    assert strip_invented(JFK_SAID, jfk, avg_logprob=-0.9) == JFK_SAID
+    # Real speech with the same babble 10 dB under it is kept.
+    jfk_rms = float(np.sqrt(np.mean(jfk.astype(np.float32) ** 2)))
+    under = jfk + two_reversed_voices(len(jfk) / RATE) * (0.316 * jfk_rms / 1414)
+    text = model.transcribe(np.clip(under, -32768, 32767).astype(np.int16), final=True)
+    assert coverage(JFK_SAID, text) >= 0.8, text

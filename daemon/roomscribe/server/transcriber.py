@@ -108,21 +108,23 @@ class Transcriber:
         (a segment cut from a longer one); Whisper reads it as the previous text, so
         the first words are decoded in context and the context is not repeated.
         A final's text goes through `invented` (partials are replaced by the final)."""
-        text = self._decode(pcm, final, context)
-        return invented.strip_invented(text, pcm) if final and text else text
+        text, avg_logprob = self._decode(pcm, final, context)
+        return invented.strip_invented(text, pcm, avg_logprob) if final and text else text
 
-    def _decode(self, pcm: npt.NDArray[np.int16], final: bool, context: str) -> str:
+    def _decode(self, pcm: npt.NDArray[np.int16], final: bool,
+                context: str) -> tuple[str, float]:
+        """The text and its average log-probability per token."""
         if len(pcm) < MIN_DECODE_SAMPLES:
-            return ""
+            return "", 0.0
         audio = pcm.astype(np.float32) / 32768.0
         if self._prompt is not None and len(pcm) // HOP + PAD_FRAMES < FULL_WINDOW_FRAMES:
-            text = self._window(self._model.feature_extractor(audio), len(pcm), final,
-                                self._context_tokens(context))
+            text, avg_logprob = self._window(self._model.feature_extractor(audio), len(pcm),
+                                             final, self._context_tokens(context))
             if not looped(text):
-                return text
+                return text, avg_logprob
             if not final:
-                return ""  # the next partial, or the final, will do better
-        return self.transcribe_full(pcm, final, context)
+                return "", 0.0  # the next partial, or the final, will do better
+        return self._full(pcm, final, context)
 
     def _context_tokens(self, context: str) -> list[int]:
         context = context.strip()
@@ -133,7 +135,7 @@ class Transcriber:
         return [self._tokenizer.sot_prev, *tokens]
 
     def _window(self, features: npt.NDArray[np.float32], samples: int, final: bool,
-                context: list[int]) -> str:
+                context: list[int]) -> tuple[str, float]:
         import ctranslate2
 
         assert self._prompt is not None
@@ -155,9 +157,11 @@ class Transcriber:
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
         # Finals only: the first partial, a word or two in, often looks like this.
         if final and result.no_speech_prob > NO_SPEECH_PROB and avg_logprob < LOW_LOGPROB:
-            return ""
+            return "", avg_logprob
         text: str = self._tokenizer.decode(tokens).strip()
-        return text if any(c.isalnum() for c in text) else ""  # "." on silence
+        if not any(c.isalnum() for c in text):
+            return "", avg_logprob  # "." on silence
+        return text, avg_logprob
 
     def transcribe_full(self, pcm: npt.NDArray[np.int16], final: bool,
                         context: str = "") -> str:
@@ -166,11 +170,18 @@ class Transcriber:
         or is improbable) is left out: faster-whisper would keep its least bad try,
         and over babble that is a sampled loop ("Now we're going to go to the home
         station." three times over reversed speech)."""
+        return self._full(pcm, final, context)[0]
+
+    def _full(self, pcm: npt.NDArray[np.int16], final: bool,
+              context: str) -> tuple[str, float]:
         segments, _info = self._model.transcribe(
             pcm.astype(np.float32) / 32768.0, language=self._language,
             beam_size=self.options.final_beam_size if final else 1,
             condition_on_previous_text=False, vad_filter=False,
             without_timestamps=True, initial_prompt=context.strip() or None)
-        return " ".join(s.text.strip() for s in segments
-                        if s.compression_ratio <= LOOP_RATIO
-                        and s.avg_logprob >= LOW_LOGPROB).strip()
+        kept = [s for s in segments
+                if s.compression_ratio <= LOOP_RATIO and s.avg_logprob >= LOW_LOGPROB]
+        tokens = sum(len(s.tokens) for s in kept)
+        avg_logprob = (sum(s.avg_logprob * len(s.tokens) for s in kept) / tokens
+                       if tokens else 0.0)
+        return " ".join(s.text.strip() for s in kept).strip(), avg_logprob
