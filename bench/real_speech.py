@@ -4,9 +4,9 @@ room sound (a script, not a test; issue #13 item 5).
 The corpus is bench/corpus.py's (built on first use into $ROOMSCRIBE_CORPUS or
 ~/.cache/roomscribe/corpus from pinned registry packages: ~11.5 min of real speech by
 7 speakers, long reading, free talk and a telephone conversation, as 26 files at 16,
-44.1 and 48 kHz, clean, reverberant and noisy; and 33 min of non-speech: fan, air
+44.1 and 48 kHz, clean, reverberant and noisy; and 39 min of non-speech: fan, air
 handling, noise floor, door knocks, kitchen clatter, music, TV-like babble of reversed
-speech, household event sounds).
+speech (three, six and ten voices, and through a wall), household event sounds).
 
 As bench/server_wer.py does, no socket and no clock: each file goes through the
 daemon's capture conversion (roomscribe.convert.Converter: down-mix, soxr to 16 kHz,
