@@ -36,7 +36,8 @@ Non-speech room sound (any word transcribed there is invented): made with sox (f
 air handling, noise floor, door knocks, kitchen clatter, synthesised chords), babble of
 three to ten overlapped *reversed* recordings of the speakers above (a TV, a crowd, a TV
 through a wall: no word in any; the three- and ten-voice files were added after
-server/invented.py's thresholds were set, as a check on babble they were not tuned on), the music-on-hold tracks of Debian asterisk-moh-opsound-g722 2.03-1.1
+server/invented.py's thresholds were set, as a check on babble they were not tuned
+on), the music-on-hold tracks of Debian asterisk-moh-opsound-g722 2.03-1.1
 (instrumental, CC BY-SA 3.0) and event sounds of Debian sound-theme-freedesktop 0.8-2
 (bell, phone, camera shutter, alarm; CC BY(-SA) 3.0 / GPL-2+; its spoken
 "front left"-style files are left out).

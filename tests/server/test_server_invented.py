@@ -162,3 +162,17 @@ def test_words_over_voices_whisper_cannot_read_are_dropped(
     under = jfk + two_reversed_voices(len(jfk) / RATE) * (0.316 * jfk_rms / 1414)
     text = model.transcribe(np.clip(under, -32768, 32767).astype(np.int16), final=True)
     assert coverage(JFK_SAID, text) >= 0.8, text
+
+
+def test_a_loop_carried_across_a_cut_is_dropped() -> None:
+    # 5 s pieces of babble (bench/real_speech.py): the first said "Thank you.", and each
+    # later piece, decoded with the turn's text as context, went on with it.
+    jfk = speech("jfk-44k1-stereo.wav")
+    assert strip_invented("Thank you. Thank you very much.", jfk, context="Thank you.") == ""
+    assert strip_invented("Thank you very much.", jfk,
+                          context="Thank you very much. Thank you very much.") == ""
+    # A piece that goes on with different words, or repeats once, stays.
+    assert strip_invented(JFK_SAID, jfk, context="Thank you. Thank you. Thank you.") \
+        == JFK_SAID
+    assert strip_invented("Thank you very much.", jfk[:2 * RATE],
+                          context="Thank you very much.") == "Thank you very much."

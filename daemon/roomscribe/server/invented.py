@@ -28,7 +28,11 @@ from bench/real_speech.py's 33 minutes of non-speech against its 21 minutes of s
   voice under music at 10 dB SNR), of 30 babble finals 21 were.
 - Looped: `LOOP_MIN_WORDS` or more words, most of them (`LOOP_SHARE`) one phrase of
   up to `LOOP_PHRASE_WORDS` words said three times or more in a row ("I don't know.
-  I don't know. I don't know."). A sentence said three times stays.
+  I don't know. I don't know."). A sentence said three times stays. The same holds
+  across a cut: a piece that continues a turn cut by max_speech is dropped when most
+  of its words continue such a run begun in the turn's text so far. With 5 s pieces
+  over babble, "Thank you." became the context of the next piece, which then said
+  "Thank you very much." with confidence, and so on for minutes.
 - Voices but no words: Silero sure of speech throughout (mean probability at least
   `SURE_SPEECH_MEAN`) while Whisper is unsure of what was said (average log-probability
   per token under `UNSURE_LOGPROB`). Of 200 speech finals that Silero was this sure of
@@ -108,9 +112,11 @@ def speech_heard(pcm: npt.NDArray[np.int16]) -> Heard:
                  float(probs.max()), float(probs.mean()))
 
 
-def strip_invented(text: str, pcm: npt.NDArray[np.int16], avg_logprob: float = 0.0) -> str:
+def strip_invented(text: str, pcm: npt.NDArray[np.int16], avg_logprob: float = 0.0,
+                   context: str = "") -> str:
     """`text` without what Whisper invented over `pcm` (see the module's rules).
-    `avg_logprob`: the decode's average log-probability per token (0: not known)."""
+    `avg_logprob`: the decode's average log-probability per token (0: not known);
+    `context`: the turn's text before this piece (a cut by max_speech)."""
     text = " ".join(_SIGN_OFF.sub(" ", _ANNOTATION.sub(" ", text)).split())
     if not any(c.isalnum() for c in text):
         return ""
@@ -131,11 +137,18 @@ def strip_invented(text: str, pcm: npt.NDArray[np.int16], avg_logprob: float = 0
         return ""
     if len(words) >= LOOP_MIN_WORDS and _looped_share(words) >= LOOP_SHARE:
         return ""
+    # Enough of the context for three times the longest phrase.
+    before = _plain(context).split()[-3 * LOOP_PHRASE_WORDS:]
+    if words and before and _looped_share(words, before) >= LOOP_SHARE:
+        return ""
     return text
 
 
-def _looped_share(words: list[str]) -> float:
-    """The share of `words` inside runs of one short phrase said 3+ times in a row."""
+def _looped_share(words: list[str], before: list[str] | None = None) -> float:
+    """The share of `words` inside runs of one short phrase said 3+ times in a row,
+    counting runs that begin in the words `before` them."""
+    before = before or []
+    words = before + words
     covered = [False] * len(words)
     for n in range(1, LOOP_PHRASE_WORDS + 1):
         i = 0
@@ -148,4 +161,4 @@ def _looped_share(words: list[str]) -> float:
                 i += reps * n
             else:
                 i += 1
-    return sum(covered) / len(words)
+    return sum(covered[len(before):]) / (len(words) - len(before))

@@ -109,7 +109,9 @@ class Transcriber:
         the first words are decoded in context and the context is not repeated.
         A final's text goes through `invented` (partials are replaced by the final)."""
         text, avg_logprob = self._decode(pcm, final, context)
-        return invented.strip_invented(text, pcm, avg_logprob) if final and text else text
+        if not final or not text:
+            return text
+        return invented.strip_invented(text, pcm, avg_logprob, context)
 
     def _decode(self, pcm: npt.NDArray[np.int16], final: bool,
                 context: str) -> tuple[str, float]:
