@@ -19,7 +19,6 @@ import argparse
 import csv
 import importlib.util
 import os
-import resource
 import shutil
 import signal
 import socket
@@ -88,6 +87,22 @@ def build_room(audio_dir: Path, out: Path) -> list[tuple[str, str]]:
         w.setframerate(ROOM_RATE_HZ)
         w.writeframes(stereo.tobytes())
     return refs
+
+
+def daemon_peak_mb(proc: subprocess.Popen[bytes]) -> float:
+    """The daemon's peak RSS (VmHWM), read until it exits. (getrusage's figure for
+    children counts, at fork, this script's own memory: 630 MB with a long room.)"""
+    peak_kb = 0
+    status = Path(f"/proc/{proc.pid}/status")
+    while proc.poll() is None:
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak_kb = max(peak_kb, int(line.split()[1]))
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    return peak_kb / 1024
 
 
 class Lines:
@@ -179,9 +194,8 @@ level = "warning"
                          for n, _ in refs) + GAP_S * (len(refs) + 1)
             pace = "as fast as it goes" if args.fast else f"at real time ({length:.0f} s)"
             print(f"demo: playing {len(refs)} recordings {pace}; transcripts follow\n")
-            daemon = subprocess.run([*roomscribe, "run", *cfg], env=env, check=False)
-            # the only child waited for yet: its peak is the daemon's (KiB on Linux)
-            peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+            daemon = subprocess.Popen([*roomscribe, "run", *cfg], env=env)
+            peak_mb = daemon_peak_mb(daemon)
             heard.settle(SETTLE_S, 60)
             print("\ndemo: what was said:")
             for name, text in refs:

@@ -35,6 +35,14 @@ import numpy.typing as npt
 from ..audio import SAMPLE_RATE_HZ
 from . import invented
 
+# oneDNN (CTranslate2's x86 convolutions) caches a primitive, with its own buffers, for
+# every input shape it meets, up to 1024 of them; decode windows here come in hundreds
+# of lengths, so a server's memory grew without end (162 -> 537 MB over 3.5 min of TV
+# babble; 120 partials of random length: 188 -> 359 MB, still rising). With no cache it
+# stays flat (246 MB) and decodes take the same time (partial 146 vs 142 ms median).
+# Read by oneDNN when it first builds a primitive, so this must run before any decode.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
+
 # Shorter than this, Whisper invents words: answer "" without running it.
 MIN_DECODE_SAMPLES = SAMPLE_RATE_HZ // 10
 FULL_WINDOW_FRAMES = 3000
