@@ -55,7 +55,7 @@ def test_session_created_comes_first_with_its_fields() -> None:
     assert s["input_audio_format"] == "pcm_s16le_16000"
     assert s["turn_detection"] == {"type": "server_vad", "threshold": 0.3,
                                    "min_silence_duration_ms": 500,
-                                   "min_speech_duration_ms": 250,
+                                   "min_speech_duration_ms": 150,
                                    "max_speech_duration_s": 15.0, "speech_pad_ms": 250}
 
 

@@ -66,8 +66,17 @@ def test_segment_is_padded_and_closed_after_min_silence() -> None:
 
 
 def test_short_blip_is_dropped() -> None:
-    probs = [0.0] * 20 + [0.9] * windows(150) + [0.0] * windows(1500)
+    probs = [0.0] * 20 + [0.9] * windows(100) + [0.0] * windows(1500)
     assert run(probs) == []
+
+
+def test_a_quick_word_is_kept_at_any_alignment() -> None:
+    # A quick "Yes." that Silero is sure of covers 7 or 8 windows, by where the audio
+    # falls on the 32 ms grid; Together's 250 ms minimum dropped the 7-window one.
+    for n in (7, 8):
+        probs = [0.0] * 20 + [0.97] * n + [0.0] * windows(1500)
+        events = run(probs, VadParams())
+        assert [type(e) for e in events] == [Started, Closed], n
 
 
 def test_pause_shorter_than_min_silence_keeps_one_segment() -> None:
