@@ -240,7 +240,7 @@ class Gate:
         self._hangover = settings.hangover_ms * SAMPLE_RATE_HZ // 1000
         self._idle = round(settings.idle_disconnect_s * SAMPLE_RATE_HZ)
         # Opening needs min_speech_ms of speech windows within twice that span, so
-        # speech's short gaps don't reset the count but one cough can't reach it.
+        # speech's short gaps don't reset the count but one knock can't reach it.
         self._min_windows = max(1, math.ceil(settings.min_speech_ms * SAMPLE_RATE_HZ
                                              / 1000 / window))
         self._recent: deque[int | None] = deque(maxlen=2 * self._min_windows)
