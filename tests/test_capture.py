@@ -12,9 +12,11 @@ import contextlib
 import io
 import itertools
 import json
+import logging
 import subprocess
 import sys
 import threading
+import time
 import wave
 from dataclasses import replace
 from pathlib import Path
@@ -362,6 +364,33 @@ def test_stdin_source_reads_raw_pcm_to_eof(monkeypatch: pytest.MonkeyPatch) -> N
     assert stats.dropped_blocks == 0
     assert np.array_equal(got, direct_conversion(audio, rate))
     assert_contiguous([[f.captured_at, f.samples] for f in out])
+
+
+def test_a_stalled_pipeline_loses_the_oldest_audio_and_counts_it(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    audio, rate = read_wav(JFK)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(audio.tobytes())))
+    settings = CaptureSettings(source="stdin", rate_hz=rate, channels=2, queue_s=2.0)
+    stats = CaptureStats()
+
+    async def run() -> list[Frame]:
+        async with contextlib.aclosing(frames(settings, stats)) as it:
+            first = await anext(it)
+            # The event loop is stuck (as under a long blocking call): the reader thread
+            # meanwhile reads all 11 s, far more than the 2 s queue holds.
+            deadline = time.monotonic() + 10.0
+            while stats.device_open and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return [first] + [f async for f in it]
+
+    with caplog.at_level(logging.WARNING, logger="roomscribe.capture"):
+        out = asyncio.run(run())
+    got = np.frombuffer(b"".join(f.pcm for f in out), dtype="<i2")
+    want = direct_conversion(audio, rate)
+    assert stats.dropped_samples > 8 * SAMPLE_RATE_HZ  # about 11 s - 2 s queue - the first frame
+    assert len(got) + stats.dropped_samples == len(want)  # every sample: kept or counted
+    assert np.array_equal(got[-SAMPLE_RATE_HZ:], want[-SAMPLE_RATE_HZ:])  # the newest audio is kept
+    assert "the oldest audio is dropped" in caplog.text
 
 
 def test_stdin_loop_picks_a_channel() -> None:

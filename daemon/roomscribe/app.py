@@ -83,7 +83,7 @@ class Daemon:
             transcription_available=available(status),
             uplink_connected=up.connected,
             buffered_s=round(ring.held_s, 1),
-            dropped_s=round(ring.dropped_samples / 16000, 1),
+            dropped_s=round((ring.dropped_samples + cap.dropped_samples) / 16000, 1),
             overruns=cap.overruns,
             last_error=last_error or None,
             uptime_s=round(time.monotonic() - self.started),
