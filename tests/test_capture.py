@@ -361,7 +361,7 @@ def test_stdin_source_reads_raw_pcm_to_eof(monkeypatch: pytest.MonkeyPatch) -> N
     stats = CaptureStats()
     out = collect(settings, stats)
     got = np.frombuffer(b"".join(f.pcm for f in out), dtype="<i2")
-    assert stats.dropped_blocks == 0
+    assert stats.dropped_samples == 0
     assert np.array_equal(got, direct_conversion(audio, rate))
     assert_contiguous([[f.captured_at, f.samples] for f in out])
 

@@ -67,8 +67,7 @@ class CaptureStats:
 
     frames: int = 0
     overruns: int = 0
-    dropped_blocks: int = 0
-    dropped_samples: int = 0  # in those blocks: audio lost, reported in the state's dropped_s
+    dropped_samples: int = 0  # lost to a full queue; reported in the state's dropped_s
     reopens: int = 0  # attempts to open the device again after a fault
     last_error: str = ""
     device_open: bool = False
@@ -456,21 +455,15 @@ async def frames(settings: CaptureSettings, stats: CaptureStats) -> AsyncGenerat
         max(2, math.ceil(settings.queue_s * 1000 / settings.handoff_ms)))
     stop = threading.Event()
 
-    last_log = -math.inf
-
     def put(item: Frame | _End) -> None:
-        nonlocal last_log
         if queue.full():
             # The pipeline has not taken audio for queue_s: the device cannot wait, so
-            # the oldest goes, and is counted as lost.
+            # the oldest goes, and is counted as lost. One line, the same each time, so
+            # that logs.RepeatFilter lets it through once a minute.
             lost = queue.get_nowait()
-            stats.dropped_blocks += 1
             stats.dropped_samples += lost.samples if isinstance(lost, Frame) else 0
-            if time.monotonic() - last_log >= _OVERRUN_LOG_EVERY_S:
-                last_log = time.monotonic()
-                log.warning("capture: the pipeline fell %.0f s behind; the oldest audio is "
-                            "dropped (%.1f s so far)", settings.queue_s,
-                            stats.dropped_samples / SAMPLE_RATE_HZ)
+            log.warning("capture: the pipeline fell %.0f s behind; the oldest audio is "
+                        "dropped (counted in dropped_s)", settings.queue_s)
         queue.put_nowait(item)
 
     def hand_over(item: Frame | _End | None) -> None:

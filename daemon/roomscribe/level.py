@@ -101,8 +101,9 @@ async def run_level(settings: CaptureSettings, out: TextIO = sys.stdout,
                 if time.monotonic() >= next_print or done:
                     next_print = time.monotonic() + interval_s
                     line = format_level(meter.take())
-                    if stats.overruns or stats.dropped_blocks:
-                        line += f"  overruns {stats.overruns} dropped {stats.dropped_blocks}"
+                    if stats.overruns or stats.dropped_samples:
+                        line += (f"  overruns {stats.overruns} dropped "
+                                 f"{stats.dropped_samples / 16000:.1f} s")
                     show(line)
                 if done:
                     break
