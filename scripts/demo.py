@@ -195,6 +195,7 @@ level = "warning"
             pace = "as fast as it goes" if args.fast else f"at real time ({length:.0f} s)"
             print(f"demo: playing {len(refs)} recordings {pace}; transcripts follow\n")
             daemon = subprocess.Popen([*roomscribe, "run", *cfg], env=env)
+            procs.append(daemon)  # stopped below if the demo is interrupted
             peak_mb = daemon_peak_mb(daemon)
             heard.settle(SETTLE_S, 60)
             print("\ndemo: what was said:")
