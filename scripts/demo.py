@@ -224,4 +224,8 @@ level = "warning"
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C: main() has stopped what it started
+        print("\ndemo: interrupted", file=sys.stderr)
+        sys.exit(130)
