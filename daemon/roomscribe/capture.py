@@ -462,7 +462,7 @@ async def frames(settings: CaptureSettings, stats: CaptureStats) -> AsyncGenerat
             # that logs.RepeatFilter lets it through once a minute.
             lost = queue.get_nowait()
             stats.dropped_samples += lost.samples if isinstance(lost, Frame) else 0
-            log.warning("capture: the pipeline fell %.0f s behind; the oldest audio is "
+            log.warning("capture: the pipeline fell %g s behind; the oldest audio is "
                         "dropped (counted in dropped_s)", settings.queue_s)
         queue.put_nowait(item)
 
