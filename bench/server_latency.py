@@ -25,7 +25,7 @@ case for the shared model).
 - model busy: decoding time over wall time, per worker;
 - sustained: end-of-speech p95 <= min_silence + 400 ms (an end never answered is inf).
 
---max-speech-s sets the sessions' max_speech_duration_s (Together's default 5 s
+--max-speech-s sets the sessions' max_speech_duration_s (the server's default, 15 s,
 otherwise). --corpus takes a manifest of bench/corpus.py instead of the shared files
 (--kind picks its items, e.g. `reading`), to measure long turns.
 
@@ -69,7 +69,7 @@ FILES = ["jfk-44k1-stereo.wav", "lj002-0020-22k05.wav", "lj002-0035-22k05.wav",
          "ami-es2011a-16k.wav"]
 RATE = 16000
 STEP = RATE // 10  # 100 ms appends
-VAD = VadParams()  # Together's defaults, which the bench's sessions use
+VAD = VadParams()  # the server's defaults, which the bench's sessions use
 PAD_S = VAD.speech_pad_ms / 1000
 TARGET_S = (VAD.min_silence_duration_ms + 400) / 1000
 MAX_UTTERANCE_S = 10.0
