@@ -71,7 +71,7 @@ async def main():
         async for frame in it:
             if args.get("stall_s") and not meta:
                 time.sleep(args["stall_s"])  # the event loop stuck after the first frame
-            meta.append([frame.captured_at, frame.samples])
+            meta.append([frame.captured_at, frame.samples, stats.dropped_samples])
             got.extend(frame.pcm)
             if len(got) >= 2 * want:
                 break
@@ -126,7 +126,7 @@ def alsa_settings(**kw: Any) -> dict[str, Any]:
 
 def assert_contiguous(meta: list[list[float]]) -> None:
     """Each frame starts exactly where the sample count says the previous one ended."""
-    for (t0, n0), (t1, _) in itertools.pairwise(meta):
+    for (t0, n0, *_), (t1, *_) in itertools.pairwise(meta):
         assert t1 == pytest.approx(t0 + n0 / SAMPLE_RATE_HZ, abs=1e-6)
 
 
@@ -394,14 +394,19 @@ def test_a_stalled_pipeline_loses_a_microphones_oldest_audio_and_counts_it(
         tmp_path: Path, jfk_raw: Path) -> None:
     # The null slave delivers as fast as it is read: during a 1 s stall of the event
     # loop far more than the 0.5 s queue arrives. What is dropped is counted, and the
-    # delivered frames' timestamps jump by exactly that much.
+    # delivered frames' timestamps jump by exactly that much. The count is read as each
+    # frame is delivered: a full queue drops its oldest frame, so what is dropped
+    # between two deliveries lies between those two frames. (Audio is also dropped
+    # before the first delivery, while the loop starts, and after the last, while the
+    # child stops: that shows in no gap.)
     result = run_child(asoundrc(tmp_path, jfk_raw), {
         "settings": alsa_settings(queue_s=0.5), "seconds": 3.0, "stall_s": 1.0,
         "out": str(tmp_path / "out.raw")})
-    dropped = result["stats"]["dropped_samples"]
-    assert dropped > 0
+    delivered = result["frames"]
+    dropped = delivered[-1][2] - delivered[0][2]
+    assert dropped > 0 and result["stats"]["dropped_samples"] >= delivered[-1][2]
     gaps = sum(t1 - (t0 + n0 / SAMPLE_RATE_HZ)
-               for (t0, n0), (t1, _) in itertools.pairwise(result["frames"]))
+               for (t0, n0, _), (t1, _, _) in itertools.pairwise(delivered))
     assert gaps == pytest.approx(dropped / SAMPLE_RATE_HZ, abs=1e-3)
 
 
