@@ -14,6 +14,11 @@ audio plus 3 s of padding, at least `min_frames`, through CTranslate2 directly:
   from the 30 s one mostly at the word still being spoken. Below 10 s tiny.en starts
   to loop or drop words.
 
+The window past the audio is zeros in the log-mel domain, as faster-whisper pads its
+last window. openai-whisper pads the audio instead (the log-mel of silence); tried
+here, it made the real-speech corpus worse (bench/real_speech.py: 8.6 % -> 8.9 % WER,
+the same invented words).
+
 Every decode is capped at 8 tokens a second of audio (speech is at most ~6), so a
 model stuck repeating itself stops early. A final that loops, a segment too long for
 one window, and a model whose language must be detected go through faster-whisper's
