@@ -3,7 +3,8 @@
 The fault is the point here, so this is the one fake in the suite: it forwards bytes
 both ways until told to `cut()` every connection (a server crash as the client sees
 it), to `blackhole()` (sockets stay open, no byte moves either way: Wi-Fi gone with
-nothing closed), or to `refuse()` new connections.
+nothing closed), to `refuse()` new connections, or to `refuse_requests()` whose
+request line holds a text with an HTTP error (a server that rejects a parameter).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ class FaultProxy:
         self.port = free_port()
         self.mode = "pass"  # "pass" | "blackhole" | "refuse"
         self.connections = 0
+        self.refused_requests = 0
+        self._refuse_text = ""
+        self._refusal = b""
         self._writers: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -48,11 +52,25 @@ class FaultProxy:
             writer.close()
             return
         self.connections += 1
+        head = b""
+        if self._refuse_text:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                writer.close()
+                return
+            if self._refuse_text.encode() in head.split(b"\r\n", 1)[0]:
+                self.refused_requests += 1
+                writer.write(self._refusal)
+                await writer.drain()
+                writer.close()
+                return
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
             writer.close()
             return
+        up_writer.write(head)
         self._writers |= {writer, up_writer}
         await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer),
                              return_exceptions=True)
@@ -82,6 +100,14 @@ class FaultProxy:
 
     def refuse(self) -> None:
         self.mode = "refuse"
+
+    def refuse_requests(self, text: str, status: int, body: str) -> None:
+        """Answer a handshake whose request line holds `text` with HTTP `status` and a
+        JSON `body`, and close; forward the others."""
+        self._refuse_text = text
+        self._refusal = (f"HTTP/1.1 {status} Refused\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(body.encode())}\r\nConnection: close\r\n"
+                         f"\r\n{body}").encode()
 
     def heal(self) -> None:
         self.mode = "pass"

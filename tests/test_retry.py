@@ -8,7 +8,14 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 from websockets.http11 import Response
 
-from roomscribe.retry import UplinkError, Verdict, classify, describe, should_retry
+from roomscribe.retry import (
+    UplinkError,
+    Verdict,
+    classify,
+    describe,
+    settings_refused,
+    should_retry,
+)
 
 
 def refused(status: int, code: str) -> InvalidStatus:
@@ -24,6 +31,16 @@ def test_wrong_key_or_model_is_slow_network_trouble_is_transient() -> None:
     assert classify(TimeoutError()) is Verdict.TRANSIENT
     assert classify(UplinkError("auth", Verdict.SLOW)) is Verdict.SLOW
     assert classify(KeyError("bug")) is Verdict.FATAL
+
+
+def test_a_bad_request_that_names_no_key_model_or_format_is_taken_for_the_settings() -> None:
+    assert settings_refused(refused(400, "invalid_value"))
+    assert settings_refused(refused(400, ""))
+    for status, code in [(400, "model_not_available"), (400, "invalid_audio_format"),
+                         (400, "unsupported_audio_format"), (401, "invalid_api_key"),
+                         (404, "not_found"), (503, "")]:
+        assert not settings_refused(refused(status, code)), (status, code)
+    assert not settings_refused(ConnectionRefusedError())
 
 
 def test_after_stop_nothing_is_retried_and_bugs_never_are() -> None:

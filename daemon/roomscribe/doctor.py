@@ -24,7 +24,7 @@ from . import config, protocol
 from .capture import CaptureError, CaptureStats, frames
 from .config import Settings
 from .level import Meter
-from .retry import describe
+from .retry import describe, settings_refused
 from .ring import Ring
 
 MIC_LISTEN_S = 2.0
@@ -96,8 +96,13 @@ async def check_server(settings: Settings) -> Result:
     except config.ConfigError as exc:
         return Result("transcription server", False, str(exc), "set the API key")
     except InvalidStatus as exc:
-        fix = ("check the API key (TOGETHER_API_KEY or uplink.api_key_file)"
-               if exc.response.status_code in (401, 403) else "check uplink.url and model")
+        if exc.response.status_code in (401, 403):
+            fix = "check the API key (TOGETHER_API_KEY or uplink.api_key_file)"
+        elif up.vad.send and settings_refused(exc):
+            fix = ("the server may not accept [uplink.vad]: the daemon then connects with "
+                   "the server's own VAD defaults; set values it accepts, or send = false")
+        else:
+            fix = "check uplink.url and model"
         return Result("transcription server", False, f"{where}: {describe(exc)}", fix)
     except (OSError, TimeoutError, websockets.WebSocketException) as exc:
         return Result("transcription server", False, f"{where}: {_reason(exc)}",

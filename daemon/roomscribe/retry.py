@@ -43,6 +43,10 @@ SLOW_CODES = frozenset({
 })
 
 
+# Refusals that name what is wrong, and it is not the turn_detection settings.
+NOT_VAD_CODES = SLOW_CODES | {"invalid_audio_format", "not_found", "no_healthy_workers"}
+
+
 def _status_code(exc: InvalidStatus) -> tuple[int, str]:
     response = exc.response
     code = ""
@@ -107,6 +111,18 @@ def describe(exc: BaseException) -> str:
         return "timed out"
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0][:200]
+
+
+def settings_refused(exc: BaseException) -> bool:
+    """The handshake was refused as a bad request for a reason other than the key, the
+    model or the audio format: the likeliest cause is a turn_detection value the
+    server does not accept (ours sends 150 ms and 15 s where Together's defaults are
+    250 ms and 5 s). Connecting again without them is the fix that keeps words
+    coming."""
+    if not isinstance(exc, InvalidStatus):
+        return False
+    status, code = _status_code(exc)
+    return status == 400 and code not in NOT_VAD_CODES
 
 
 def go_elsewhere(exc: BaseException) -> bool:

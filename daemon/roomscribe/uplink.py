@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import websockets
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import InvalidStatus
 
 from . import protocol
 from .config import UplinkSettings
@@ -30,6 +31,7 @@ from .retry import (
     Verdict,
     classify,
     describe,
+    settings_refused,
     should_retry,
 )
 from .transcript import Transcript
@@ -77,6 +79,9 @@ class Uplink:
         self._keys = (tuple(api_key for _ in self.urls) if isinstance(api_key, str)
                       else tuple(api_key))
         self.endpoints = Endpoints(len(self.urls), settings.failover_after_s)
+        # Endpoints that refused our turn_detection settings: they get their defaults.
+        self._vad_refused: set[int] = set()
+        self._session_vad = settings.vad  # what the current session was opened with
         self._first_is_back = 0.0  # when a probe found the first endpoint healthy
         self._on_transcript = on_transcript
         self._on_partial = on_partial
@@ -189,8 +194,14 @@ class Uplink:
                     await self._audio.wait()
             self.core.tick(time.monotonic())
 
-    async def _connect(self, index: int) -> ClientConnection:
+    def _settings_for(self, index: int) -> UplinkSettings:
         s = dataclasses.replace(self.settings, url=self.urls[index])
+        if index in self._vad_refused:
+            s = dataclasses.replace(s, vad=dataclasses.replace(s.vad, send=False))
+        return s
+
+    async def _connect(self, index: int) -> ClientConnection:
+        s = self._settings_for(index)
         async with asyncio.timeout(s.connect_timeout_s):
             return await websockets.connect(
                 protocol.connect_url(s),
@@ -209,11 +220,12 @@ class Uplink:
             self._tries_since_stop += 1
         index = self.endpoints.current
         try:
-            ws = await self._connect(index)
+            ws = await self._open(index)
         except Exception:
             self.core.connection_lost()
             raise
         self.core.model = endpoint_model(self.urls[index], s.model)
+        self._session_vad = self._settings_for(index).vad
         self.core.connection_made(time.monotonic())
         self._first_is_back = 0.0
         try:
@@ -238,6 +250,22 @@ class Uplink:
                 await ws.close()
         self.connected = False
         self._on_status(False, "")
+
+    async def _open(self, index: int) -> ClientConnection:
+        """Connect; if the endpoint refuses our turn_detection settings, connect again
+        at once without them, and keep to its own defaults from then on."""
+        try:
+            return await self._connect(index)
+        except InvalidStatus as exc:
+            if (not self.settings.vad.send or index in self._vad_refused
+                    or not settings_refused(exc)):
+                raise
+            self._vad_refused.add(index)
+            log.warning("uplink: %s refused the connection with our turn_detection "
+                        "settings (%s); connecting with its own VAD defaults instead (set "
+                        "[uplink.vad] to values it accepts, or send = false)",
+                        self.urls[index].split("?")[0], describe(exc))
+        return await self._connect(index)
 
     def _lost(self, exc: BaseException) -> None:
         self.connected = False
@@ -340,8 +368,8 @@ class Uplink:
             while not self.core.ready:
                 self._audio.clear()
                 await self._audio.wait()
-        if s.vad.send:
-            await ws.send(protocol.session_update_event(s.vad))
+        if self._session_vad.send:
+            await ws.send(protocol.session_update_event(self._session_vad))
         while True:
             now = time.monotonic()
             if self._stopping.is_set() and self._past_deadline():
