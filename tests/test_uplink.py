@@ -164,7 +164,7 @@ def test_vad_settings_the_server_refuses_fall_back_to_its_defaults(
     assert len(told) == 1 and "HTTP 400 invalid_value" in told[0], told
 
 
-def test_doctor_says_when_a_server_refuses_the_vad_settings(tmp_path: Path) -> None:
+def test_the_connection_check_says_when_a_server_refuses_the_vad_settings(tmp_path: Path) -> None:
     server, port = start_server(tmp_path)
     proxy = FaultProxy(port)
     proxy.refuse_requests("max_speech_duration_s=", 400, json.dumps({"error": {
