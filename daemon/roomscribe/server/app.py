@@ -14,7 +14,7 @@ import logging
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -156,10 +156,18 @@ class RealtimeServer:
             await self._refuse(ws)
             return
         self.active += 1
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                self.active -= 1
+
         try:
-            await self._serve(ws, Session(params, self.limits))
+            await self._serve(ws, Session(params, self.limits), release)
         finally:
-            self.active -= 1
+            release()
 
     async def _refuse(self, ws: ServerConnection) -> None:
         """Full: say so in Together's terms (error `no_healthy_workers`, close 4503), so
@@ -175,7 +183,9 @@ class RealtimeServer:
                           "message": message, "param": None}}))
             await ws.close(CLOSE_TRY_ELSEWHERE, "no_healthy_workers")
 
-    async def _serve(self, ws: ServerConnection, session: Session) -> None:
+    async def _serve(self, ws: ServerConnection, session: Session,
+                     release: Callable[[], None]) -> None:
+        """`release` frees the session's slot (at the latest when this returns)."""
         outq: asyncio.Queue[list[Event]] = asyncio.Queue(OUT_QUEUE)
         # Results of this session's jobs: its finals (at most the audio backlog_samples
         # allows, one per segment of >= min_speech) + one partial running + one queued.
@@ -202,6 +212,9 @@ class RealtimeServer:
                 except TimeoutError:
                     log.info("session %s: no audio for %.0f s; closing it", session.id,
                              idle_s)
+                    # Free the slot first: a room that connects as soon as this client
+                    # sees the close must not be refused for it.
+                    release()
                     await ws.close(CloseCode.NORMAL_CLOSURE, "idle timeout")
                     break
                 before = session.total
