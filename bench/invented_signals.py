@@ -33,6 +33,7 @@ import numpy.typing as npt
 import corpus
 from real_speech import read_16k, stream, words
 from roomscribe.server import invented
+from roomscribe.server.transcriber import decode_window, max_new_tokens
 from roomscribe.server.vad import VadParams
 from server_support import transcriber
 
@@ -90,15 +91,12 @@ def greedy(pcm: npt.NDArray[np.int16], context: str) -> tuple[float, float]:
     import ctranslate2
 
     tr = transcriber()
-    features = tr._model.feature_extractor(pcm.astype(np.float32) / 32768.0)
-    frames = min(3000, max(2000, features.shape[-1] + 300))
-    window = np.zeros((1, features.shape[0], frames), dtype=np.float32)
-    used = min(frames, features.shape[-1])
-    window[0, :, :used] = features[:, :used]
+    window = decode_window(tr._model.feature_extractor(pcm.astype(np.float32) / 32768.0),
+                           final=True)
     prompt = [*tr._context_tokens(context), *(tr._prompt or [])]
     result = tr._model.model.generate(
         ctranslate2.StorageView.from_array(window), [prompt], beam_size=1,
-        max_length=len(prompt) + int(len(pcm) / 16000 * 8) + 8,
+        max_length=len(prompt) + max_new_tokens(len(pcm)),
         suppress_tokens=tr._suppress, return_logits_vocab=True,
         return_no_speech_prob=True)[0]
     probs = []

@@ -22,7 +22,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidStatus
 
 from . import protocol
-from .config import UplinkSettings
+from .config import UplinkSettings, VadSettings
 from .protocol import ClientCore, Partial, Ready, ServerError
 from .retry import (
     SLOW_CODES,
@@ -81,7 +81,6 @@ class Uplink:
         self.endpoints = Endpoints(len(self.urls), settings.failover_after_s)
         # Endpoints that refused our turn_detection settings: they get their defaults.
         self._vad_refused: set[int] = set()
-        self._session_vad = settings.vad  # what the current session was opened with
         self._first_is_back = 0.0  # when a probe found the first endpoint healthy
         self._on_transcript = on_transcript
         self._on_partial = on_partial
@@ -225,7 +224,7 @@ class Uplink:
             self.core.connection_lost()
             raise
         self.core.model = endpoint_model(self.urls[index], s.model)
-        self._session_vad = self._settings_for(index).vad
+        vad = self._settings_for(index).vad  # what this session was opened with
         self.core.connection_made(time.monotonic())
         self._first_is_back = 0.0
         try:
@@ -233,7 +232,7 @@ class Uplink:
                 reader = tg.create_task(self._read(ws), name="uplink-reader")
                 probe = tg.create_task(self._probe_first(), name="uplink-failback-probe") \
                     if index != 0 else None
-                tg.create_task(self._write(ws, reader, probe), name="uplink-writer")
+                tg.create_task(self._write(ws, reader, probe, vad), name="uplink-writer")
         except* _QuietEnd:
             pass
         except* Exception as group:
@@ -349,9 +348,9 @@ class Uplink:
                 log.warning("uplink: server error %s: %s", out.code, out.message)
 
     async def _write(self, ws: ClientConnection, reader: asyncio.Task[None],
-                     probe: asyncio.Task[None] | None) -> None:
+                     probe: asyncio.Task[None] | None, vad: VadSettings) -> None:
         try:
-            await self._write_until_done(ws, reader)
+            await self._write_until_done(ws, reader, vad)
         finally:
             if probe is not None:
                 probe.cancel()
@@ -360,16 +359,16 @@ class Uplink:
         back = self._first_is_back
         return bool(back) and (not self.core.segment_open or now - back >= SWITCH_BACK_GRACE_S)
 
-    async def _write_until_done(self, ws: ClientConnection,
-                                reader: asyncio.Task[None]) -> None:
+    async def _write_until_done(self, ws: ClientConnection, reader: asyncio.Task[None],
+                                vad: VadSettings) -> None:
         s = self.settings
         # Wait for session.created: the server wants no audio before it.
         async with asyncio.timeout(s.connect_timeout_s):
             while not self.core.ready:
                 self._audio.clear()
                 await self._audio.wait()
-        if self._session_vad.send:
-            await ws.send(protocol.session_update_event(self._session_vad))
+        if vad.send:
+            await ws.send(protocol.session_update_event(vad))
         while True:
             now = time.monotonic()
             if self._stopping.is_set() and self._past_deadline():

@@ -76,6 +76,23 @@ def default_threads() -> int:
     return max(1, min(4, len(os.sched_getaffinity(0))))
 
 
+def decode_window(features: npt.NDArray[np.float32], final: bool) -> npt.NDArray[np.float32]:
+    """The encoder's input for a segment's log-mel `features`: the audio plus
+    PAD_FRAMES, at least the final's or the partial's minimum, at most 30 s; zeros past
+    the audio, as faster-whisper pads its last window."""
+    frames = min(FULL_WINDOW_FRAMES, max(FINAL_MIN_FRAMES if final else PARTIAL_MIN_FRAMES,
+                                         features.shape[-1] + PAD_FRAMES))
+    used = min(frames, features.shape[-1])
+    window = np.zeros((1, features.shape[0], frames), dtype=np.float32)
+    window[0, :, :used] = features[:, :used]
+    return window
+
+
+def max_new_tokens(samples: int) -> int:
+    """TOKENS_PER_S of audio, and a few for a very short segment."""
+    return int(samples / SAMPLE_RATE_HZ * TOKENS_PER_S) + 8
+
+
 def looped(text: str) -> bool:
     """Whisper's sign of a decode stuck repeating itself: the text compresses too well."""
     from faster_whisper.transcribe import get_compression_ratio
@@ -155,14 +172,9 @@ class Transcriber:
 
         assert self._prompt is not None
         prompt = [*context, *self._prompt]
-        frames = min(FULL_WINDOW_FRAMES, max(FINAL_MIN_FRAMES if final else PARTIAL_MIN_FRAMES,
-                                             features.shape[-1] + PAD_FRAMES))
-        used = min(frames, features.shape[-1])
-        window = np.zeros((1, features.shape[0], frames), dtype=np.float32)
-        window[0, :, :used] = features[:, :used]
-        max_new = int(samples / SAMPLE_RATE_HZ * TOKENS_PER_S) + 8
+        max_new = max_new_tokens(samples)
         result: Any = self._model.model.generate(
-            ctranslate2.StorageView.from_array(window), [prompt],
+            ctranslate2.StorageView.from_array(decode_window(features, final)), [prompt],
             beam_size=self.options.final_beam_size if final else 1,
             max_length=len(prompt) + max_new, suppress_blank=True,
             suppress_tokens=self._suppress, return_scores=True,
