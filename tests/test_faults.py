@@ -273,6 +273,38 @@ def test_malformed_huge_and_unknown_server_events(tmp_path: Path, broker: Broker
     assert "unknown_event" not in out  # unknown types are ignored, as the protocol asks
 
 
+def test_vad_settings_the_server_refuses_fall_back_to_its_defaults(tmp_path: Path,
+                                                                     broker: Broker) -> None:
+    # A provider whose bounds are narrower than ours (Together documents none) refuses
+    # the handshake over a turn_detection value. The words must come all the same,
+    # through the server's own VAD defaults, and the user is told once.
+    server, port = start_server(tmp_path)
+    proxy = FaultProxy(port)
+    proxy.refuse_requests("max_speech_duration_s=", 400, json.dumps({"error": {
+        "code": "invalid_value", "message": "max_speech_duration_s must be at most 10"}}))
+    room = make_room(tmp_path / "room.wav", CLIPS[:2], gap_s=1.5, tail_s=8)
+    sub = Subscriber(broker.port)
+    config = daemon_config(tmp_path, server_port=proxy.port, broker_port=broker.port,
+                           wav=room.path)
+    daemon = start_daemon(tmp_path, config)
+    try:
+        out = finish(daemon, timeout_s=120)
+        wait(lambda: len(sub.transcripts()) >= 2, timeout_s=10,
+             what=f"the last transcript:\n{out[-3000:]}")
+    finally:
+        daemon.stop()
+        proxy.close()
+        server.stop()
+        sub.close()
+    transcripts = sub.transcripts()
+    assert_heard([t["text"] for t in transcripts], room.references)
+    assert_once(transcripts)
+    assert proxy.refused_requests == 1  # refused once: the endpoint keeps its defaults
+    told = [line for line in out.splitlines() if "turn_detection" in line]
+    assert len(told) == 1 and "HTTP 400 invalid_value" in told[0], told
+    assert told[0].startswith("WARNING roomscribe.uplink"), told
+
+
 # ------------------------------------------------------------------ d. capture device
 
 

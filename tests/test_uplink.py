@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 from pathlib import Path
 
@@ -139,29 +138,6 @@ def test_black_holed_server_is_detected_and_replayed(tmp_path: Path) -> None:
     check(got, clips, spans)
     assert proxy.connections >= 2  # the dead socket was noticed and replaced
     assert time.monotonic() - started < 80
-
-
-def test_vad_settings_the_server_refuses_fall_back_to_its_defaults(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    # A provider whose bounds are narrower than ours (Together documents none) refuses
-    # the handshake over a turn_detection value. The words must come all the same,
-    # through the server's own VAD defaults, and the user is told once.
-    server, port = start_server(tmp_path)
-    proxy = FaultProxy(port)
-    proxy.refuse_requests("max_speech_duration_s=", 400, json.dumps({"error": {
-        "code": "invalid_value", "message": "max_speech_duration_s must be at most 10"}}))
-    clips = CLIPS[:2]
-    pcm, spans = room_pcm(clips)
-    try:
-        with caplog.at_level(logging.WARNING, logger="roomscribe.uplink"):
-            got = run(proxy.port, pcm)
-    finally:
-        proxy.close()
-        server.stop()
-    check(got, clips, spans)
-    assert proxy.refused_requests == 1  # refused once: the endpoint keeps its defaults
-    told = [r.getMessage() for r in caplog.records if "turn_detection" in r.getMessage()]
-    assert len(told) == 1 and "HTTP 400 invalid_value" in told[0], told
 
 
 def test_the_connection_check_says_when_a_server_refuses_the_vad_settings(tmp_path: Path) -> None:
