@@ -10,6 +10,8 @@ audio plus 3 s of padding, at least `min_frames`, through CTranslate2 directly:
   (2 threads), and on the shared recordings closer to the same model on each whole
   file (WER 2.7 % against 3.6 % through faster-whisper's 30 s path, whose fallback
   to sampling at temperature > 0 also makes the same audio come out differently).
+  On the real-speech corpus a 10 or 15 s minimum garbled free speech (WER 8.7 % ->
+  9.7 / 9.1 %) and 30 s invented sentences over babble (docs/architecture.md).
 - partials: at least 10 s, greedy. 94 ms instead of 298 ms; the hypothesis differs
   from the 30 s one mostly at the word still being spoken. Below 10 s tiny.en starts
   to loop or drop words.
