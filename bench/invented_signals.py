@@ -11,7 +11,13 @@ over non-speech, it measures what the rules do not use:
 - the median token probability of a greedy decode (CTranslate2's per-step logits);
 - stability: the share of words that change when the audio is decoded again with
   250 ms of silence before it;
-- Whisper's no-speech probability (the greedy decode's).
+- Whisper's no-speech probability (the greedy decode's);
+- Whisper's word anomaly score, per word: the rule behind openai-whisper's and
+  faster-whisper's `hallucination_silence_threshold`, on the final's text aligned to
+  its audio (cross-attention word timings and probabilities): over the first 8
+  words, 1 for a word under probability 0.15, (0.133 - d) * 15 for one shorter than
+  0.133 s, d - 2 for one longer than 2 s; whisper calls a segment anomalous at a
+  score of 3, or of as many as it has words.
 
 Prints each signal's range for speech and for non-speech, and the non-speech finals
 the rules keep (the invented words bench/real_speech.py counts).
@@ -22,6 +28,7 @@ the rules keep (the invented words bench/real_speech.py counts).
 from __future__ import annotations
 
 import statistics
+import string
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -116,14 +123,34 @@ def stable(f: Final) -> float:
     return changed(f.text, text)
 
 
+def anomaly(f: Final) -> float:
+    """Whisper's word anomaly score of `f.text` over `f.pcm`, per word (0: none)."""
+    import ctranslate2
+
+    tr = transcriber()
+    features = tr._model.feature_extractor(f.pcm.astype(np.float32) / 32768.0)
+    window = decode_window(features, final=True)
+    encoded = tr._model.model.encode(ctranslate2.StorageView.from_array(window))
+    tokens = tr._tokenizer.encode(" " + f.text.strip())
+    aligned = tr._model.find_alignment(tr._tokenizer, [tokens], encoded,
+                                       min(window.shape[-1], features.shape[-1]))[0]
+    spoken = [w for w in aligned if w["word"].strip() not in string.punctuation][:8]
+    score = 0.0
+    for w in spoken:
+        seconds = w["end"] - w["start"]
+        score += ((w["probability"] < 0.15) + max(0.0, 0.133 - seconds) * 15
+                  + max(0.0, seconds - 2.0))
+    return score / len(spoken) if spoken else 0.0
+
+
 def main() -> int:
     transcriber()
     finals = collect()
     judged = [f for f in finals if not f.speech or f.silero_mean >= invented.SURE_SPEECH_MEAN]
-    rows: list[tuple[Final, float, float, float]] = []
+    rows: list[tuple[Final, float, float, float, float]] = []
     for f in judged:
         median_p, no_speech = greedy(f.pcm, f.context)
-        rows.append((f, median_p, stable(f), no_speech))
+        rows.append((f, median_p, stable(f), no_speech, anomaly(f)))
     print(f"{len(finals)} final decodes; judged here: "
           f"{sum(f.speech for f in judged)} of speech that Silero is sure of "
           f"(mean >= {invented.SURE_SPEECH_MEAN}), {sum(not f.speech for f in judged)} "
@@ -131,7 +158,8 @@ def main() -> int:
     print("| signal | speech: min / median / max | non-speech: min / median / max |")
     print("|---|---|---|")
     names = ["average log-probability", "median token probability (greedy)",
-             "words changed by 250 ms of silence before", "no-speech probability"]
+             "words changed by 250 ms of silence before", "no-speech probability",
+             "word anomaly score per word"]
     for i, name in enumerate(names):
         def values(speech: bool, i: int = i) -> list[float]:
             return sorted(r[0].avg_logprob if i == 0 else r[i] for r in rows
@@ -141,14 +169,14 @@ def main() -> int:
         print(f"| {name} | {cells[0]} | {cells[1]} |")
     print("\nThe least sure speech finals, and every non-speech final the rules keep:\n")
     print("| kind | file | seconds | log-prob | median token p | changed | no-speech p "
-          "| text |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| anomaly per word | text |")
+    print("|---|---|---|---|---|---|---|---|---|")
     shown = sorted((r for r in rows if r[0].speech), key=lambda r: r[0].avg_logprob)[:5]
     shown += [r for r in rows if not r[0].speech and r[0].kept]
-    for f, median_p, change, no_speech in shown:
+    for f, median_p, change, no_speech, odd in shown:
         print(f"| {'speech' if f.speech else 'non-speech'} | {f.item} "
               f"| {len(f.pcm) / 16000:.1f} | {f.avg_logprob:.2f} | {median_p:.2f} "
-              f"| {change:.0%} | {no_speech:.2f} | {f.text} |")
+              f"| {change:.0%} | {no_speech:.2f} | {odd:.2f} | {f.text} |")
     return 0
 
 
