@@ -1,5 +1,5 @@
-"""Speculative finals, driven sans-I/O: once speech_pad_ms of silence follows a segment,
-the session sends its final decode early; the close reuses that answer when the segment
+"""Speculative finals, driven sans-I/O: once 64 ms of silence follows a segment, the
+session sends its final decode early; the close reuses that answer when the segment
 closes with the same audio, and drops it when speech resumes first. The scheduler runs
 such a job after every real final and before partials, and settles it as told."""
 
@@ -57,8 +57,11 @@ def test_answered_guess_is_the_completed_with_no_decode_of_its_own() -> None:
     s = Session(params())
     out: list[Output] = []
     guess_text = ""
-    for batch in messages(s, one_clip()):
+    at: dict[str, int] = {}  # the append that brought the guess, and the close
+    for n, batch in enumerate(messages(s, one_clip())):
         out += batch
+        for name in kinds(batch):
+            at.setdefault(name, n)
         for job in batch:
             if isinstance(job, DecodeJob) and job.spec:  # answer it at once
                 guess_text = transcriber().transcribe(job.pcm, job.final)
@@ -75,9 +78,14 @@ def test_answered_guess_is_the_completed_with_no_decode_of_its_own() -> None:
     assert coverage(reference_texts()["lj002-0020-22k05.wav"], done["transcript"]) >= 0.8
     [guess] = [o for o in out if isinstance(o, DecodeJob) and o.spec]
     assert guess.item_id == done["item_id"]
-    # The guess decoded exactly the segment's audio [start, end).
-    span_ms = done["audio_end_ms"] - done["audio_start_ms"]
-    assert abs(len(guess.pcm) - span_ms * 16) < 32
+    # The guess decoded the segment's audio from its start: all its speech and the
+    # beginning of its 250 ms trailing pad, sent 64 ms into the silence (by the next
+    # 100 ms append), not once the whole pad was in. So it had at least 300 ms to
+    # decode before min_silence (500 ms) closed the segment.
+    span = (done["audio_end_ms"] - done["audio_start_ms"]) * 16
+    pad = VadParams().speech_pad_ms * 16
+    assert span - pad + 2 * 512 <= len(guess.pcm) <= span - pad + 2 * 512 + 1600
+    assert at[STOPPED] - at["DecodeJob(spec=1)"] >= 3
 
 
 def test_guess_still_decoding_at_the_close_becomes_the_final() -> None:

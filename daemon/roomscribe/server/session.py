@@ -19,11 +19,13 @@ never before the previous segment's end or a commit).
   segment once that segment's `completed` (or `failed`) has arrived.
 - `committed` and `completed` carry the same `audio_start_ms` / `audio_end_ms`.
 
-Speculative finals. Once `speech_pad_ms` of silence follows the open segment, the
-audio its final would decode is all here: a job with `spec` > 0 decodes it early (the
-scheduler runs it after real finals, before partials). If the segment then closes with
-exactly that range, that decode is its final (`Settle(keep=True)`, or `completed` at
-once if already answered); if speech resumes first or the close differs, it is dropped
+Speculative finals. Once 64 ms of silence follows the open segment (two Silero
+windows; `vad.GUESS_AFTER`), a job with `spec` > 0 decodes its final early: the
+segment's audio received so far, all its speech and the start of its trailing pad
+(the rest of the pad is silence if the guess holds). The scheduler runs it after real
+finals, before partials. If the segment then closes with the guessed range, that
+decode is its final (`Settle(keep=True)`, or `completed` at once if already
+answered); if speech resumes first or the close differs, it is dropped
 (`Settle(keep=False)`) and its answer ignored.
   With turn detection off, a commit's segment is everything since the previous
   commit (or clear), up to the last sample received. A commit with nothing to
@@ -500,10 +502,11 @@ class Session:
         return out
 
     def _speculate(self) -> list[Output]:
-        """Decode the open segment's final early, once `speech_pad_ms` of silence
-        follows it: if min_silence then passes with no speech, the segment closes with
-        that very audio and its `completed` needs no decode of its own. If speech
-        resumes first (or the close differs), the guess is dropped."""
+        """Decode the open segment's final early, once GUESS_AFTER of silence follows
+        it: if min_silence then passes with no speech, the segment closes with the
+        guessed range and its `completed` needs no decode of its own (the decode lacks
+        only the end of the trailing pad, which was silence). If speech resumes first
+        (or the close differs), the guess is dropped."""
         vad = self._vad
         guess = (vad.segmenter.likely_close() if vad is not None and len(self._started) == 1
                  else None)
@@ -519,7 +522,7 @@ class Session:
         start, end = guess
         self._spec_seq += 1
         item = self._started[0][0]
-        job = DecodeJob(self.id, item, final=True, pcm=self._audio(start, end),
+        job = DecodeJob(self.id, item, final=True, pcm=self._audio(start, min(end, self.total)),
                         spec=self._spec_seq, context_of=self._turn_of.get(item))
         self._spec = _Spec(job, start, end)
         return [*out, job]

@@ -31,6 +31,11 @@ from ..audio import SAMPLE_RATE_HZ
 WINDOW = 512  # samples per Silero window at 16 kHz (32 ms)
 CONTEXT = 64  # samples of the previous window the v6 model sees
 MIN_SPLIT_SILENCE = SAMPLE_RATE_HZ * 98 // 1000  # silero's shortest silence to split at
+# A segment's close is guessed (and its final decoded early) after two windows of
+# silence, not after its whole trailing pad: the final of a 15 s turn takes ~450 ms
+# to decode here (2-4 s on a Pi), so starting at the pad (250 ms) answered ~700 ms
+# after the speech ended where min_silence alone would allow ~550 ms.
+GUESS_AFTER = 2 * WINDOW
 
 
 # name -> (type, low, high); the same bounds as config.RANGES for uplink.vad.
@@ -213,8 +218,9 @@ class Segmenter:
     def likely_close(self) -> tuple[int, int] | None:
         """The padded [start, end) the next Closed will have if no speech comes first.
 
-        Known once a confirmed segment has been followed by `pad` of silence: then its
-        trailing pad is audio already received. It is a guess: speech may resume (the
+        Guessed once a confirmed segment has been followed by GUESS_AFTER of silence
+        (or its whole pad, if shorter); the rest of its trailing pad is still to come,
+        and is silence if the guess holds. It is a guess: speech may resume (the
         segment goes on) or begin within 2 pads of its end (the gap is split)."""
         if self._pending is not None:
             if not self._pending_started:
@@ -226,7 +232,7 @@ class Segmenter:
                 return None  # _close() would drop it
         else:
             return None
-        if self.position < end + self._pad:
+        if self.position < end + min(self._pad, GUESS_AFTER):
             return None
         return max(self.floor, start - self._pad), end + self._pad
 
