@@ -33,8 +33,8 @@ CONTEXT = 64  # samples of the previous window the v6 model sees
 MIN_SPLIT_SILENCE = SAMPLE_RATE_HZ * 98 // 1000  # silero's shortest silence to split at
 # A segment's close is guessed (and its final decoded early) after two windows of
 # silence, not after its whole trailing pad: the final of a 15 s turn takes ~450 ms
-# to decode here (2-4 s on a Pi), so starting at the pad (250 ms) answered ~700 ms
-# after the speech ended where min_silence alone would allow ~550 ms.
+# to decode here (~2 s at a Pi's pace), so starting at the pad (250 ms) answered
+# ~700 ms after the speech ended, where min_silence alone would allow ~550 ms.
 GUESS_AFTER = 2 * WINDOW
 
 
