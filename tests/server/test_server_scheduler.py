@@ -16,7 +16,7 @@ from conftest import NO_SERVER_EXTRA
 pytest.importorskip("faster_whisper", reason=NO_SERVER_EXTRA)
 
 from roomscribe.server.scheduler import Scheduler
-from roomscribe.server.session import DecodeJob
+from roomscribe.server.session import DecodeJob, Settle
 from server_support import Deliver, Result, run_held_scheduler
 from timing import scaled
 
@@ -145,6 +145,39 @@ def test_one_decode_per_session_at_a_time_so_results_stay_in_order() -> None:
             await until(lambda: delivered[:2] == ["a1", "a2"])
             model.release(4001)
             await until(lambda: len(delivered) == 3)
+
+    asyncio.run(main())
+
+
+def test_a_dropped_guess_still_decoding_no_longer_holds_its_room() -> None:
+    """Speech resumed after a short pause: the session dropped its speculative final,
+    which is already decoding. Its partial (and its final) start at once on the other
+    worker instead of waiting for a text nobody will read."""
+    model = HeldModel()
+
+    async def main() -> None:
+        async with dispatching(model) as (sched, deliver, delivered):
+            sched.submit(DecodeJob("a", "a1", True, np.zeros(5001, dtype=np.int16),
+                                   spec=1), deliver)
+            await until(lambda: model.started == [5001])
+            sched.submit(sized("a", "a1", 1001, final=False), deliver)
+            await asyncio.sleep(0.2)
+            assert model.started == [5001]  # the guess may still be kept: it holds a
+            sched.settle(Settle("a", 1, keep=False))
+            await until(lambda: 1001 in model.started)
+            model.release(1001)
+            await until(lambda: delivered == ["a1"])
+            # The guess still holds its worker until it ends: one final at a time.
+            sched.submit(sized("b", "b1", 6001), deliver)
+            sched.submit(sized("c", "c1", 6002), deliver)
+            await until(lambda: 6001 in model.started)
+            await asyncio.sleep(0.2)
+            assert 6002 not in model.started
+            model.release(5001)
+            await until(lambda: 6002 in model.started)
+            for n in (6001, 6002):
+                model.release(n)
+            await until(lambda: len(delivered) == 4)
 
     asyncio.run(main())
 

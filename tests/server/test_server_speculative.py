@@ -1,6 +1,7 @@
 """Speculative finals, driven sans-I/O: once 64 ms of silence follows a segment, the
 session sends its final decode early; the close reuses that answer when the segment
-closes with the same audio, and drops it when speech resumes first. The scheduler runs
+closes with the same audio, and drops it when speech resumes first. Either way its
+text, if it comes while the item is open, is shown as a delta. The scheduler runs
 such a job after every real final and before partials, and settles it as told."""
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from roomscribe.server.vad import VadParams
 pytestmark = pytest.mark.server
 COMPLETED = "conversation.item.input_audio_transcription.completed"
 STOPPED = "input_audio_buffer.speech_stopped"
+DELTA = "conversation.item.input_audio_transcription.delta"
 
 
 def messages(session: Session, pcm: np.ndarray) -> Iterator[list[Output]]:
@@ -57,6 +59,7 @@ def test_answered_guess_is_the_completed_with_no_decode_of_its_own() -> None:
     s = Session(params())
     out: list[Output] = []
     guess_text = ""
+    shown: list[Output] = []
     at: dict[str, int] = {}  # the append that brought the guess, and the close
     for n, batch in enumerate(messages(s, one_clip())):
         out += batch
@@ -65,7 +68,10 @@ def test_answered_guess_is_the_completed_with_no_decode_of_its_own() -> None:
         for job in batch:
             if isinstance(job, DecodeJob) and job.spec:  # answer it at once
                 guess_text = transcriber().transcribe(job.pcm, job.final)
-                assert s.decoded(job, guess_text) == []  # nothing shown before the close
+                shown = s.decoded(job, guess_text)
+    # Its text goes out at once, as the open item's newest hypothesis.
+    assert [(e["type"], e["delta"]) for e in shown if isinstance(e, dict)] == [
+        (DELTA, guess_text.strip())]
     names = kinds(out)
     assert names.count("DecodeJob(spec=1)") == 1
     close = names.index(STOPPED)
@@ -77,7 +83,7 @@ def test_answered_guess_is_the_completed_with_no_decode_of_its_own() -> None:
     assert done["transcript"] == guess_text.strip()
     assert coverage(reference_texts()["lj002-0020-22k05.wav"], done["transcript"]) >= 0.8
     [guess] = [o for o in out if isinstance(o, DecodeJob) and o.spec]
-    assert guess.item_id == done["item_id"]
+    assert guess.item_id == done["item_id"] == shown[0]["item_id"]  # type: ignore[index]
     # The guess decoded the segment's audio from its start: all its speech and the
     # beginning of its 250 ms trailing pad, sent 64 ms into the silence (by the next
     # 100 ms append), not once the whole pad was in. So it had at least 300 ms to
@@ -125,9 +131,11 @@ def test_guess_is_dropped_when_speech_resumes() -> None:
                 out += s.decoded(o, transcriber().transcribe(o.pcm, o.final))
     assert first is not None
     names = kinds(out)
-    # Dropped (the scheduler may skip it) before the segment closed; its answer is ignored.
+    # Dropped (the scheduler may skip it) before the segment closed. Its late answer
+    # is the turn so far: a delta of the open item, never its completed text.
     assert names.index("Settle(keep=False)") < names.index(STOPPED)
-    assert late == []
+    assert [(e["type"], e["item_id"], e["delta"]) for e in late] == [
+        (DELTA, first.item_id, "a stale guess")]
     [done] = [o for o in out if isinstance(o, dict) and o["type"] == COMPLETED]
     assert "stale" not in done["transcript"]
     refs = reference_texts()
@@ -136,6 +144,30 @@ def test_guess_is_dropped_when_speech_resumes() -> None:
     assert coverage(refs["lj002-0035-22k05.wav"], text) >= 0.8
     # The final covers both sentences: longer than the first guess.
     assert (done["audio_end_ms"] - done["audio_start_ms"]) * 16 > len(first.pcm) + 16000
+
+
+def test_a_dropped_guess_never_replaces_a_newer_partial() -> None:
+    s = Session(params(VadParams(max_speech_duration_s=30)))
+    pcm = np.concatenate([silence(0.5), speech("lj002-0020-22k05.wav"), silence(0.4),
+                          speech("lj002-0035-22k05.wav"), silence(1.0)])
+    guess: DecodeJob | None = None
+    later: DecodeJob | None = None  # the first partial after the guess was dropped
+    dropped = False
+    for batch in messages(s, pcm):
+        for o in batch:
+            if isinstance(o, DecodeJob) and o.spec and guess is None:
+                guess = o
+            elif isinstance(o, Settle) and guess is not None and o.spec == guess.spec:
+                dropped = not o.keep
+            elif isinstance(o, DecodeJob) and not o.final and dropped and later is None:
+                later = o
+        if later is not None:
+            break
+    assert guess is not None and later is not None and later.item_id == guess.item_id
+    # The partial, sent after the guess, answers first: shown. The guess then: not.
+    [delta] = s.decoded(later, "in eighteen thirteen the press")
+    assert isinstance(delta, dict) and delta["type"] == DELTA
+    assert s.decoded(guess, "in eighteen thirteen") == []
 
 
 def job(session: str, item: str, final: bool = True, spec: int = 0) -> DecodeJob:

@@ -7,7 +7,10 @@ one model replica per worker): two decodes at once on two cores get through 1.5x
 jobs of one decode at a time, whose small matrix products parallelise poorly.
 Partials never take the last free worker, so a final starts at once unless another
 final is running. A session has at most one decode running, so its results stay in
-order.
+order; a speculative final dropped while it runs no longer counts as its session's
+(the session ignores its answer). It still holds its worker until it ends: CTranslate2
+cannot stop a decode. So a room whose speech resumed after a short pause gets its
+partial (and later its final) without waiting ~170 ms for a guess nobody will read.
 A speculative final waits in its session's line of finals but only runs when no
 session's next job is a real final, until `settle()` makes it one (kept) or drops it
 (stale). Finals are never dropped, and `submit()` never blocks: a connection that
@@ -86,8 +89,10 @@ class Scheduler:
         # At most one partial per session (newest wins): max_sessions x one segment.
         self._partials: dict[str, _Queued] = {}
         self._count = 0
-        # Sessions with a decode in progress -> whether it is a partial.
-        self._running: dict[str, bool] = {}
+        # Sessions with a decode in progress -> that decode (not a dropped guess: see
+        # settle); `_busy` counts every decode on a worker, dropped guesses too.
+        self._running: dict[str, _Queued] = {}
+        self._busy = 0
         self._bulk_running: set[str] = set()  # those of them replaying a backlog
         # Per session with a decode begun; forget() drops it (a decode still running
         # then writes to its own reference, which nothing reads again).
@@ -119,7 +124,13 @@ class Scheduler:
         self._changed.set()
 
     def settle(self, settle: Settle) -> None:
-        """A speculative final is now due like a final, or is dropped if still queued."""
+        """A speculative final is now due like a final, or is dropped: taken from the
+        queue, or, if already decoding, no longer its session's running decode."""
+        running = self._running.get(settle.session_id)
+        if not settle.keep and running is not None and running.job.spec == settle.spec \
+                and running.job.spec:
+            self._release(running)
+            return
         queue = self._finals.get(settle.session_id, deque())
         for queued in queue:
             if queued.job.spec == settle.spec:
@@ -159,7 +170,7 @@ class Scheduler:
                 return sid, True
         # Partials leave one worker free, so a final never waits behind partials of
         # other rooms: only one final, at most, can be ahead of it.
-        if sum(self._running.values()) >= max(1, self.workers - 1):
+        if sum(not q.job.final for q in self._running.values()) >= max(1, self.workers - 1):
             return None
         for sid in self._partials:
             if sid not in self._running:
@@ -183,11 +194,12 @@ class Scheduler:
         """The dispatcher: up to `workers` decodes at a time, forever (cancel to stop)."""
         async with asyncio.TaskGroup() as group:
             while True:
-                while len(self._running) >= self.workers or self._choose() is None:
+                while self._busy >= self.workers or self._choose() is None:
                     self._changed.clear()
                     await self._changed.wait()
                 queued = self._take()
-                self._running[queued.job.session_id] = not queued.job.final
+                self._busy += 1
+                self._running[queued.job.session_id] = queued
                 if queued.bulk:
                     self._bulk_running.add(queued.job.session_id)
                 group.create_task(self._decode(queued), name="asr-decode")
@@ -204,7 +216,8 @@ class Scheduler:
             try:
                 text = await loop.run_in_executor(self._executor, self._transcribe,
                                                   job.pcm, job.final, context)
-                turn.decoded(job, context, text)
+                if self._running.get(job.session_id) is queued:  # not a dropped guess
+                    turn.decoded(job, context, text)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the model failed on this audio: report, go on
@@ -219,9 +232,16 @@ class Scheduler:
             except Exception:  # a broken session must not stop the others
                 log.exception("delivering %s failed", job.item_id)
         finally:
-            self._running.pop(job.session_id, None)
-            self._bulk_running.discard(job.session_id)
-            self._changed.set()
+            self._busy -= 1
+            self._release(queued)
+
+    def _release(self, queued: _Queued) -> None:
+        """`queued` no longer holds its session: its next job may start."""
+        sid = queued.job.session_id
+        if self._running.get(sid) is queued:
+            del self._running[sid]
+            self._bulk_running.discard(sid)
+        self._changed.set()
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -26,7 +26,10 @@ segment's audio received so far, all its speech and the start of its trailing pa
 finals, before partials. If the segment then closes with the guessed range, that
 decode is its final (`Settle(keep=True)`, or `completed` at once if already
 answered); if speech resumes first or the close differs, it is dropped
-(`Settle(keep=False)`) and its answer ignored.
+(`Settle(keep=False)`). Its text is also the open item's newest hypothesis: when it
+arrives before the item closes it goes out as a delta (numbered with the partials,
+so an older one never replaces a newer one), whether the guess still stands or
+speech has resumed (then it is the turn so far, and no decode was wasted).
   With turn detection off, a commit's segment is everything since the previous
   commit (or clear), up to the last sample received. A commit with nothing to
   transcribe (no speech since the last segment; with turn detection off, under 100 ms
@@ -74,7 +77,7 @@ class DecodeJob:
     item_id: str
     final: bool
     pcm: npt.NDArray[np.int16]
-    seq: int = 0  # partials of one item, in order
+    seq: int = 0  # partials and speculative finals of a session, in order
     spec: int = 0  # > 0: a speculative final, numbered within the session
     # The segment this one continues (cut by max_speech mid-turn): its text, once
     # decoded, is this decode's context. The scheduler decodes a session's jobs in
@@ -255,27 +258,33 @@ class Session:
         if job.spec:
             spec = self._spec
             if spec is None or spec.job.spec != job.spec:
-                return []  # discarded: speech resumed or the segment closed otherwise
+                # Dropped: speech resumed (its item is still open) or it closed otherwise.
+                return self._delta(job, transcript, error)
             if not spec.adopted:
                 # Kept for the close; a failed guess is dropped (the final will retry).
                 spec.answer = (transcript, error)
                 if error is not None:
                     self._spec = None
-                return []
+                return self._delta(job, transcript, error)
             self._spec = None
         if not job.final:
-            text = (transcript or "").strip()
-            open_item = self._started[-1][0] if self._started else None
-            if (error is None and text and job.item_id == open_item and not self._awaiting
-                    and job.seq > self._partial_shown):
-                self._partial_shown = job.seq
-                start = self._started[-1][1]
-                return [self._event("conversation.item.input_audio_transcription.delta",
-                                    item_id=job.item_id, content_index=0,
-                                    delta=text, transcript=text, start=_seconds(start),
-                                    duration=_seconds(len(job.pcm)))]
-            return []
+            return self._delta(job, transcript, error)
         return self._finish(job.item_id, transcript, error)
+
+    def _delta(self, job: DecodeJob, transcript: str | None,
+               error: str | None) -> list[Output]:
+        """A hypothesis of the open item, if it is newer than the last one shown."""
+        text = (transcript or "").strip()
+        open_item = self._started[-1][0] if self._started else None
+        if (error is not None or not text or job.item_id != open_item or self._awaiting
+                or job.seq <= self._partial_shown):
+            return []
+        self._partial_shown = job.seq
+        start = self._started[-1][1]
+        return [self._event("conversation.item.input_audio_transcription.delta",
+                            item_id=job.item_id, content_index=0, delta=text,
+                            transcript=text, start=_seconds(start),
+                            duration=_seconds(len(job.pcm)))]
 
     def _finish(self, item: str, transcript: str | None, error: str | None) -> list[Output]:
         self._processed_due = True
@@ -521,9 +530,11 @@ class Session:
             return out
         start, end = guess
         self._spec_seq += 1
+        self._partial_seq += 1  # its text may be shown as a delta, in order with partials
         item = self._started[0][0]
         job = DecodeJob(self.id, item, final=True, pcm=self._audio(start, min(end, self.total)),
-                        spec=self._spec_seq, context_of=self._turn_of.get(item))
+                        seq=self._partial_seq, spec=self._spec_seq,
+                        context_of=self._turn_of.get(item))
         self._spec = _Spec(job, start, end)
         return [*out, job]
 
