@@ -182,6 +182,27 @@ def test_a_dropped_guess_still_decoding_no_longer_holds_its_room() -> None:
     asyncio.run(main())
 
 
+def test_a_replaying_rooms_dropped_guess_still_holds_it() -> None:
+    """A room replaying a backlog keeps to one worker, dropped guess or not."""
+    model = HeldModel()
+
+    async def main() -> None:
+        async with dispatching(model) as (sched, deliver, delivered):
+            sched.submit(DecodeJob("r", "r1", True, np.zeros(5001, dtype=np.int16),
+                                   spec=1), deliver, bulk=True)
+            await until(lambda: model.started == [5001])
+            sched.settle(Settle("r", 1, keep=False))
+            sched.submit(sized("r", "r1", 5002), deliver, bulk=True)
+            await asyncio.sleep(0.2)
+            assert model.started == [5001]
+            model.release(5001)
+            await until(lambda: 5002 in model.started)
+            model.release(5002)
+            await until(lambda: len(delivered) == 2)
+
+    asyncio.run(main())
+
+
 def test_a_closed_sessions_waiting_finals_are_dropped() -> None:
     """forget() drops what no one will read; the others still run, and the queue that
     made the server refuse new sessions drains."""

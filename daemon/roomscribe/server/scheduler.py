@@ -7,10 +7,12 @@ one model replica per worker): two decodes at once on two cores get through 1.5x
 jobs of one decode at a time, whose small matrix products parallelise poorly.
 Partials never take the last free worker, so a final starts at once unless another
 final is running. A session has at most one decode running, so its results stay in
-order; a speculative final dropped while it runs no longer counts as its session's
-(the session ignores its answer). It still holds its worker until it ends: CTranslate2
-cannot stop a decode. So a room whose speech resumed after a short pause gets its
-partial (and later its final) without waiting ~170 ms for a guess nobody will read.
+order. A speculative final dropped while it runs no longer holds its session: its
+text can only be a delta now, which the session shows only if no newer one was. It
+still holds its worker until it ends (CTranslate2 cannot stop a decode). So a room
+whose speech resumed after a short pause gets its partial, and later its final,
+without waiting ~170 ms for that decode. A room replaying a backlog keeps to one
+worker: its dropped guess still holds it.
 A speculative final waits in its session's line of finals but only runs when no
 session's next job is a real final, until `settle()` makes it one (kept) or drops it
 (stale). Finals are never dropped, and `submit()` never blocks: a connection that
@@ -129,7 +131,8 @@ class Scheduler:
         running = self._running.get(settle.session_id)
         if not settle.keep and running is not None and running.job.spec == settle.spec \
                 and running.job.spec:
-            self._release(running)
+            if not running.bulk:  # a room replaying a backlog keeps to one worker
+                self._release(running)
             return
         queue = self._finals.get(settle.session_id, deque())
         for queued in queue:
