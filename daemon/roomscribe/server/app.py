@@ -188,7 +188,8 @@ class RealtimeServer:
         """`release` frees the session's slot (at the latest when this returns)."""
         outq: asyncio.Queue[list[Event]] = asyncio.Queue(OUT_QUEUE)
         # Results of this session's jobs: its finals (at most the audio backlog_samples
-        # allows, one per segment of >= min_speech) + one partial running + one queued.
+        # allows, one per segment of >= min_speech) + one partial running + one queued
+        # + one dropped guess still decoding.
         results: asyncio.Queue[tuple[DecodeJob, str | None, str | None]] = asyncio.Queue()
         progressed = asyncio.Event()  # a decode of this session finished
         pace = IngestPace()
