@@ -415,7 +415,8 @@ def test_wrong_api_key_is_reported_not_retried_hot(tmp_path: Path, broker: Broke
     assert "Traceback" not in out
     assert attempts <= 2, f"{attempts} connection attempts in 10 s"
     assert after_stop <= attempts + 1, f"{after_stop - attempts} attempts while stopping"
-    errors = [line for line in out.splitlines() if "401" in line]
+    # "HTTP 401", not "401": a free port (the broker's, in its log line) may hold it.
+    errors = [line for line in out.splitlines() if "HTTP 401" in line]
     assert errors and errors[0].startswith("ERROR roomscribe.uplink"), errors
     assert "invalid_api_key" in errors[0] and "API key" in errors[0]
     assert "401" in state["last_error"] and "invalid_api_key" in state["last_error"]
