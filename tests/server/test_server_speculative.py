@@ -55,6 +55,12 @@ def one_clip() -> np.ndarray:
     return np.concatenate([silence(0.5), speech("lj002-0020-22k05.wav"), silence(1.0)])
 
 
+def two_sentences() -> np.ndarray:
+    """0.4 s apart (< min_silence 500 ms): one segment, with a pause that starts a guess."""
+    return np.concatenate([silence(0.5), speech("lj002-0020-22k05.wav"), silence(0.4),
+                           speech("lj002-0035-22k05.wav"), silence(1.0)])
+
+
 def test_answered_guess_is_the_completed_with_no_decode_of_its_own() -> None:
     s = Session(params())
     out: list[Output] = []
@@ -70,8 +76,9 @@ def test_answered_guess_is_the_completed_with_no_decode_of_its_own() -> None:
                 guess_text = transcriber().transcribe(job.pcm, job.final)
                 shown = s.decoded(job, guess_text)
     # Its text goes out at once, as the open item's newest hypothesis.
-    assert [(e["type"], e["delta"]) for e in shown if isinstance(e, dict)] == [
-        (DELTA, guess_text.strip())]
+    [delta] = shown
+    assert isinstance(delta, dict)
+    assert (delta["type"], delta["delta"]) == (DELTA, guess_text.strip())
     names = kinds(out)
     assert names.count("DecodeJob(spec=1)") == 1
     close = names.index(STOPPED)
@@ -83,7 +90,7 @@ def test_answered_guess_is_the_completed_with_no_decode_of_its_own() -> None:
     assert done["transcript"] == guess_text.strip()
     assert coverage(reference_texts()["lj002-0020-22k05.wav"], done["transcript"]) >= 0.8
     [guess] = [o for o in out if isinstance(o, DecodeJob) and o.spec]
-    assert guess.item_id == done["item_id"] == shown[0]["item_id"]  # type: ignore[index]
+    assert guess.item_id == done["item_id"] == delta["item_id"]
     # The guess decoded the segment's audio from its start: all its speech and the
     # beginning of its 250 ms trailing pad, sent 64 ms into the silence (by the next
     # 100 ms append), not once the whole pad was in. So it had at least 300 ms to
@@ -112,10 +119,8 @@ def test_guess_still_decoding_at_the_close_becomes_the_final() -> None:
 
 
 def test_guess_is_dropped_when_speech_resumes() -> None:
-    # Two sentences 0.4 s apart (< min_silence 500 ms): one segment, a pause in it.
     s = Session(params(VadParams(max_speech_duration_s=30)))
-    pcm = np.concatenate([silence(0.5), speech("lj002-0020-22k05.wav"), silence(0.4),
-                          speech("lj002-0035-22k05.wav"), silence(1.0)])
+    pcm = two_sentences()
     out: list[Output] = []
     first: DecodeJob | None = None
     late: list[Any] = []
@@ -148,12 +153,10 @@ def test_guess_is_dropped_when_speech_resumes() -> None:
 
 def test_a_dropped_guess_never_replaces_a_newer_partial() -> None:
     s = Session(params(VadParams(max_speech_duration_s=30)))
-    pcm = np.concatenate([silence(0.5), speech("lj002-0020-22k05.wav"), silence(0.4),
-                          speech("lj002-0035-22k05.wav"), silence(1.0)])
     guess: DecodeJob | None = None
     later: DecodeJob | None = None  # the first partial after the guess was dropped
     dropped = False
-    for batch in messages(s, pcm):
+    for batch in messages(s, two_sentences()):
         for o in batch:
             if isinstance(o, DecodeJob) and o.spec and guess is None:
                 guess = o

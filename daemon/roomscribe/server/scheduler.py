@@ -129,8 +129,7 @@ class Scheduler:
         """A speculative final is now due like a final, or is dropped: taken from the
         queue, or, if already decoding, no longer its session's running decode."""
         running = self._running.get(settle.session_id)
-        if not settle.keep and running is not None and running.job.spec == settle.spec \
-                and running.job.spec:
+        if not settle.keep and running is not None and running.job.spec == settle.spec:
             if not running.bulk:  # a room replaying a backlog keeps to one worker
                 self._release(running)
             return

@@ -163,8 +163,9 @@ class Session:
         self._split_from: str | None = None  # the last segment, if it was cut mid-turn
         self._turn_of: dict[str, str] = {}  # item -> the item it continues, until done
         self._next_partial_at = 0
-        self._partial_seq = 0
-        self._partial_shown = 0
+        # Partials and guesses, numbered as sent: a delta older than one shown is not.
+        self._hypothesis_seq = 0
+        self._hypothesis_shown = 0
         # The speculative final in flight or answered, at most one (see _speculate).
         self._spec: _Spec | None = None
         self._spec_seq = 0
@@ -277,9 +278,9 @@ class Session:
         text = (transcript or "").strip()
         open_item = self._started[-1][0] if self._started else None
         if (error is not None or not text or job.item_id != open_item or self._awaiting
-                or job.seq <= self._partial_shown):
+                or job.seq <= self._hypothesis_shown):
             return []
-        self._partial_shown = job.seq
+        self._hypothesis_shown = job.seq
         start = self._started[-1][1]
         return [self._event("conversation.item.input_audio_transcription.delta",
                             item_id=job.item_id, content_index=0, delta=text,
@@ -530,10 +531,10 @@ class Session:
             return out
         start, end = guess
         self._spec_seq += 1
-        self._partial_seq += 1  # its text may be shown as a delta, in order with partials
+        self._hypothesis_seq += 1  # its text may be shown as a delta
         item = self._started[0][0]
         job = DecodeJob(self.id, item, final=True, pcm=self._audio(start, min(end, self.total)),
-                        seq=self._partial_seq, spec=self._spec_seq,
+                        seq=self._hypothesis_seq, spec=self._spec_seq,
                         context_of=self._turn_of.get(item))
         self._spec = _Spec(job, start, end)
         return [*out, job]
@@ -551,11 +552,11 @@ class Session:
                 or self.total < self._next_partial_at):
             return []
         self._next_partial_at = self.total + self.limits.partial_interval_samples
-        self._partial_seq += 1
+        self._hypothesis_seq += 1
         start = vad.segmenter.open_start()
         item = self._started[-1][0]
         return [DecodeJob(self.id, item, final=False, pcm=self._audio(start, self.total),
-                          seq=self._partial_seq, context_of=self._turn_of.get(item))]
+                          seq=self._hypothesis_seq, context_of=self._turn_of.get(item))]
 
     def _audio(self, start: int, end: int) -> npt.NDArray[np.int16]:
         lo = max(start, self._buf_start) - self._buf_start
