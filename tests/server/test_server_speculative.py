@@ -173,6 +173,23 @@ def test_a_dropped_guess_never_replaces_a_newer_partial() -> None:
     assert s.decoded(guess, "in eighteen thirteen") == []
 
 
+def test_a_guess_that_reads_what_the_last_partial_did_is_not_said_twice() -> None:
+    s = Session(params())
+    partial: DecodeJob | None = None
+    guess: DecodeJob | None = None
+    for batch in messages(s, one_clip()):
+        for o in batch:
+            if isinstance(o, DecodeJob) and not o.final:
+                partial = o
+            elif isinstance(o, DecodeJob) and o.spec:
+                guess = o
+        if guess is not None:
+            break
+    assert partial is not None and guess is not None and partial.seq < guess.seq
+    assert kinds(s.decoded(partial, "In 1813.")) == [DELTA]
+    assert s.decoded(guess, "In 1813.") == []  # the same text: the subscriber has it
+
+
 def job(session: str, item: str, final: bool = True, spec: int = 0) -> DecodeJob:
     return DecodeJob(session, item, final, np.zeros(1600, dtype=np.int16), spec=spec)
 

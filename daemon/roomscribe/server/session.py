@@ -28,8 +28,9 @@ decode is its final (`Settle(keep=True)`, or `completed` at once if already
 answered); if speech resumes first or the close differs, it is dropped
 (`Settle(keep=False)`). Its text is also the open item's newest hypothesis: when it
 arrives before the item closes it goes out as a delta (numbered with the partials,
-so an older one never replaces a newer one), whether the guess still stands or
-speech has resumed (then it is the turn so far, and no decode was wasted).
+so an older one never replaces a newer one; the same text as the last delta is not
+sent again), whether the guess still stands or speech has resumed (then it is the
+turn so far, and no decode was wasted).
   With turn detection off, a commit's segment is everything since the previous
   commit (or clear), up to the last sample received. A commit with nothing to
   transcribe (no speech since the last segment; with turn detection off, under 100 ms
@@ -166,6 +167,7 @@ class Session:
         # Partials and guesses, numbered as sent: a delta older than one shown is not.
         self._hypothesis_seq = 0
         self._hypothesis_shown = 0
+        self._shown: tuple[str, str] | None = None  # (item, text) of the last delta
         # The speculative final in flight or answered, at most one (see _speculate).
         self._spec: _Spec | None = None
         self._spec_seq = 0
@@ -281,6 +283,9 @@ class Session:
                 or job.seq <= self._hypothesis_shown):
             return []
         self._hypothesis_shown = job.seq
+        if self._shown == (job.item_id, text):
+            return []  # a guess often reads what the last partial did: say it once
+        self._shown = (job.item_id, text)
         start = self._started[-1][1]
         return [self._event("conversation.item.input_audio_transcription.delta",
                             item_id=job.item_id, content_index=0, delta=text,
