@@ -67,6 +67,7 @@ import numpy.typing as npt
 
 import corpus
 from roomscribe.convert import Converter
+from roomscribe.server.invented import has_loop
 from roomscribe.server.session import Session
 from roomscribe.server.vad import VadParams
 from server_latency import norm, offline_text  # also puts tests/ and tests/server on the path
@@ -161,6 +162,7 @@ class Streamed:
     text: str
     segments: list[str]
     deltas: int = 0
+    looped_deltas: int = 0  # a phrase 3+ times in a row that the item's final lacks
     delta_gaps_s: list[float] = field(default_factory=list)
     first_delta_s: list[float] = field(default_factory=list)
 
@@ -176,9 +178,11 @@ def stream(pcm: npt.NDArray[np.int16], vad: VadParams, partials: bool) -> Stream
     onsets = {e["item_id"]: e["audio_start_ms"] / 1000 + vad.speech_pad_ms / 1000
               for e in driver.of(STARTED)}
     last: dict[str, float] = {}
+    finals = {e["item_id"]: e["transcript"] for e in driver.of(COMPLETED)}
     for e in driver.of(DELTA):
         at = float(e["start"]) + float(e["duration"])  # the audio the delta has heard
         out.deltas += 1
+        out.looped_deltas += has_loop(e["delta"]) and not has_loop(finals.get(e["item_id"], ""))
         if e["item_id"] in last:
             out.delta_gaps_s.append(at - last[e["item_id"]])
         elif e["item_id"] in onsets:
@@ -244,7 +248,7 @@ def cadence(s: Streamed) -> dict[str, float]:
     def q(values: list[float], p: float) -> float:
         return float(np.percentile(values, p)) if values else float("nan")
 
-    return {"deltas": s.deltas, "gap_p50_s": q(s.delta_gaps_s, 50),
+    return {"deltas": s.deltas, "looped": s.looped_deltas, "gap_p50_s": q(s.delta_gaps_s, 50),
             "gap_p95_s": q(s.delta_gaps_s, 95), "first_p50_s": q(s.first_delta_s, 50)}
 
 
@@ -416,6 +420,9 @@ def report_one(speech: list[SpeechResult], nonspeech: list[NonSpeechResult], lab
                       f"worst p95 {max(c['gap_p95_s'] for c in gaps):.2f} s, median "
                       f"first delta {statistics.median(c['first_p50_s'] for c in gaps):.2f}"
                       " s after the onset (audio time, no load)")
+                print(f"deltas with a phrase three times in a row that their final lacks: "
+                      f"{sum(int(c['looped']) for c in gaps)} of "
+                      f"{sum(int(c['deltas']) for c in gaps)}")
     if nonspeech:
         minutes = sum(r.duration_s for r in nonspeech) / 60
         print(f"\nNon-speech, {minutes:.1f} min: every word is invented.\n")

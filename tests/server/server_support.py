@@ -10,9 +10,11 @@ import difflib
 import functools
 import json
 import threading
+import wave
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +31,7 @@ from timing import scaled
 FILES = ["jfk-44k1-stereo.wav", "lj002-0020-22k05.wav", "lj002-0035-22k05.wav",
          "ami-es2011a-16k.wav"]
 RATE = 16000
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 DEFAULT_VAD = VadParams()
 NUMBERS = {"1813": "eighteen thirteen", "8": "eight"}
 
@@ -40,6 +43,13 @@ def speech(name: str, rate_hz: int = 16000) -> npt.NDArray[np.int16]:
 
     return np.asarray(np.clip(np.rint(read_mono(name, rate_hz)), -32768, 32767),
                       dtype=np.int16)
+
+
+def recording(name: str) -> npt.NDArray[np.int16]:
+    """A 16 kHz mono file of tests/data (its README says where each comes from)."""
+    with wave.open(str(DATA_DIR / name)) as w:
+        assert (w.getframerate(), w.getnchannels()) == (RATE, 1), name
+        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.int16)
 
 
 def silence(seconds: float) -> npt.NDArray[np.int16]:

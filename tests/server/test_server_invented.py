@@ -122,6 +122,20 @@ def test_a_sentence_looped_three_times_is_dropped() -> None:
     assert strip_invented(loop, jfk) == ""
 
 
+@pytest.mark.parametrize(("partial", "shown"), [
+    ("Hello? Hello? Hello? Hello? Hello, hello. I didn't know you were",
+     "Hello? Hello. I didn't know you were"),
+    ("I don't know. I don't know. I don't know. I don't know. Maybe.",
+     "I don't know. I don't know. Maybe."),
+    ("No, no, no.", "No, no."),
+    # Phrases said again, but not three times in a row, stay.
+    ("One of the best and one of the worst.", "One of the best and one of the worst."),
+    ("Hello? Hello? Oh, hello.", "Hello? Hello? Oh, hello."),
+])
+def test_a_partial_says_a_repeated_phrase_at_most_twice(partial: str, shown: str) -> None:
+    assert invented.without_loops(partial) == shown
+
+
 def two_reversed_voices(seconds: float) -> np.ndarray:
     """Babble with no word in it: JFK and the meeting recording played backwards at
     once, at equal level, each from a random place (seeded)."""

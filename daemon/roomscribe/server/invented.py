@@ -42,6 +42,13 @@ from bench/real_speech.py's 33 minutes of non-speech against its 21 minutes of s
   loops. Where Silero is less sure (speech under music, a cough, a far voice) the two
   overlap, and this rule stays out.
 
+Partials are greedy decodes, replaced by the final, and they loop more than finals:
+in a telephone call's "Hello?" "Hello?" "Oh, hello." they read "Hello? Hello? Hello?
+Hello? Hello? Hello, I didn't know you were" while the final was right. So a partial
+keeps at most two sayings in a row of a phrase of up to `LOOP_PHRASE_WORDS` words
+(`without_loops`): what follows the loop is still shown, and a phrase really said
+three times is whole in the final.
+
 Silero runs here only on finals (a few ms per second of audio), on a fresh state.
 """
 
@@ -80,6 +87,7 @@ SILENCE_PHRASES = frozenset({
     "i'm sorry", "we'll be right back",
 })
 
+_TRAILING = ".,!?;:"
 _SENTENCE = re.compile(r"[.!?]+")
 _ANNOTATION = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*|[♪♫♬]+")
 # Subtitle sign-offs: no one says these to a room microphone, Whisper says them over
@@ -142,6 +150,39 @@ def strip_invented(text: str, pcm: npt.NDArray[np.int16], avg_logprob: float = 0
     if words and before and _looped_share(words, before) >= LOOP_SHARE:
         return ""
     return text
+
+
+def has_loop(text: str) -> bool:
+    """Whether `text` says a phrase of up to `LOOP_PHRASE_WORDS` words three times or
+    more in a row."""
+    words = _plain(text).split()
+    return bool(words) and _looped_share(words) > 0
+
+
+def without_loops(text: str) -> str:
+    """`text` with each run of one short phrase said three times or more in a row cut
+    to its first two sayings (for partials: see the module's rules)."""
+    tokens = text.split()
+    for n in range(1, LOOP_PHRASE_WORDS + 1):
+        keys = [_plain(t) for t in tokens]
+        keep = [True] * len(tokens)
+        i = 0
+        while i + n <= len(keys):
+            phrase = keys[i:i + n]
+            reps = 1
+            while keys[i + reps * n:i + (reps + 1) * n] == phrase:
+                reps += 1
+            if reps >= 3 and any(phrase):
+                keep[i + 2 * n:i + reps * n] = [False] * ((reps - 2) * n)
+                # The run's last punctuation ends what is kept ("No, no." not "No, no,").
+                last, cut = tokens[i + 2 * n - 1], tokens[i + reps * n - 1]
+                tokens[i + 2 * n - 1] = (last.rstrip(_TRAILING)
+                                         + cut[len(cut.rstrip(_TRAILING)):])
+                i += reps * n
+            else:
+                i += 1
+        tokens = [t for t, k in zip(tokens, keep, strict=True) if k]
+    return " ".join(tokens)
 
 
 def _looped_share(words: list[str], before: list[str] | None = None) -> float:

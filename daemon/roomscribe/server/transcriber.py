@@ -139,9 +139,12 @@ class Transcriber:
         """The words in `pcm`. `context`: the text just before it in the same turn
         (a segment cut from a longer one); Whisper reads it as the previous text, so
         the first words are decoded in context and the context is not repeated.
-        A final's text goes through `invented` (partials are replaced by the final)."""
+        A final's text goes through `invented`; a partial's loses its loops there (it
+        is replaced by the final, so it is only kept from saying what nobody said)."""
         text, avg_logprob = self._decode(pcm, final, context)
-        if not final or not text:
+        if not final:
+            return invented.without_loops(text)
+        if not text:
             return text
         return invented.strip_invented(text, pcm, avg_logprob, context)
 
