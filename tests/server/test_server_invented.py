@@ -128,6 +128,7 @@ def test_a_sentence_looped_three_times_is_dropped() -> None:
     ("I don't know. I don't know. I don't know. I don't know. Maybe.",
      "I don't know. I don't know. Maybe."),
     ("No, no, no.", "No, no."),
+    ("within thine own bud-be-be-be-be-be-", "within thine own bud-be-be-"),
     # Phrases said again, but not three times in a row, stay.
     ("One of the best and one of the worst.", "One of the best and one of the worst."),
     ("Hello? Hello? Oh, hello.", "Hello? Hello? Oh, hello."),

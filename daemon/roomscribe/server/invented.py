@@ -88,6 +88,7 @@ SILENCE_PHRASES = frozenset({
 })
 
 _TRAILING = ".,!?;:"
+_WORD_BREAK = re.compile(r"(\s+|-)")
 _SENTENCE = re.compile(r"[.!?]+")
 _ANNOTATION = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*|[♪♫♬]+")
 # Subtitle sign-offs: no one says these to a room microphone, Whisper says them over
@@ -161,28 +162,30 @@ def has_loop(text: str) -> bool:
 
 def without_loops(text: str) -> str:
     """`text` with each run of one short phrase said three times or more in a row cut
-    to its first two sayings (for partials: see the module's rules)."""
-    tokens = text.split()
+    to its first two sayings (for partials: see the module's rules). Words are split
+    at spaces and hyphens, as `_plain` splits them ("bud-be-be-be-be-")."""
+    pieces = _WORD_BREAK.split(text)  # words at even indexes, what parts them between
     for n in range(1, LOOP_PHRASE_WORDS + 1):
-        keys = [_plain(t) for t in tokens]
-        keep = [True] * len(tokens)
+        at = [k for k in range(0, len(pieces), 2) if _plain(pieces[k])]
+        keys = [_plain(pieces[k]) for k in at]
+        cuts: list[tuple[int, int]] = []  # piece ranges to remove
         i = 0
         while i + n <= len(keys):
-            phrase = keys[i:i + n]
             reps = 1
-            while keys[i + reps * n:i + (reps + 1) * n] == phrase:
+            while keys[i + reps * n:i + (reps + 1) * n] == keys[i:i + n]:
                 reps += 1
-            if reps >= 3 and any(phrase):
-                keep[i + 2 * n:i + reps * n] = [False] * ((reps - 2) * n)
-                # The run's last punctuation ends what is kept ("No, no." not "No, no,").
-                last, cut = tokens[i + 2 * n - 1], tokens[i + reps * n - 1]
-                tokens[i + 2 * n - 1] = (last.rstrip(_TRAILING)
-                                         + cut[len(cut.rstrip(_TRAILING)):])
-                i += reps * n
-            else:
+            if reps < 3:
                 i += 1
-        tokens = [t for t, k in zip(tokens, keep, strict=True) if k]
-    return " ".join(tokens)
+                continue
+            kept, last = at[i + 2 * n - 1], at[i + reps * n - 1]
+            # The run's last punctuation ends what is kept ("No, no." not "No, no,").
+            pieces[kept] = (pieces[kept].rstrip(_TRAILING)
+                            + pieces[last][len(pieces[last].rstrip(_TRAILING)):])
+            cuts.append((kept + 1, last + 1))
+            i += reps * n
+        for start, end in reversed(cuts):
+            del pieces[start:end]
+    return "".join(pieces)
 
 
 def _looped_share(words: list[str], before: list[str] | None = None) -> float:
