@@ -118,8 +118,8 @@ def stable(f: Final) -> float:
     tr = transcriber()
     padded = np.concatenate([np.zeros(PAD_SAMPLES, dtype=np.int16), f.pcm])
     audio = padded.astype(np.float32) / 32768.0
-    text, _ = tr._window(tr._model.feature_extractor(audio), len(padded), True,
-                         tr._context_tokens(f.context))
+    text = tr._window(tr._model.feature_extractor(audio), len(padded), True,
+                      tr._context_tokens(f.context)).text
     return changed(f.text, text)
 
 

@@ -10,7 +10,7 @@ from conftest import NO_SERVER_EXTRA, reference_texts
 
 pytest.importorskip("faster_whisper", reason=NO_SERVER_EXTRA)
 
-from roomscribe.server.transcriber import looped
+from roomscribe.server.transcriber import Decoded, looped
 from server_support import RATE, coverage, normalise, silence, speech, transcriber
 
 pytestmark = pytest.mark.server
@@ -63,7 +63,7 @@ def test_a_final_that_loops_is_decoded_again_the_long_way(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The fault is the point: make the short window loop, as tiny.en sometimes does."""
     model = transcriber()
-    monkeypatch.setattr(model, "_window", lambda *args: ("in 1813 " * 12, -0.2))
+    monkeypatch.setattr(model, "_window", lambda *args: Decoded("in 1813 " * 12, -0.2))
     audio = speech("lj002-0020-22k05.wav")
     final = model.transcribe(audio, final=True)
     assert not looped(final)

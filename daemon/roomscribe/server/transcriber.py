@@ -34,7 +34,7 @@ from __future__ import annotations
 import importlib.resources
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -102,6 +102,15 @@ def looped(text: str) -> bool:
     return bool(text) and get_compression_ratio(text) > LOOP_RATIO
 
 
+class Decoded(NamedTuple):
+    """A decode's text, its average log-probability per token, and Whisper's
+    probability that the audio holds no speech (its first step's <|nospeech|>)."""
+
+    text: str
+    avg_logprob: float = 0.0
+    no_speech_prob: float = 0.0
+
+
 @dataclass(frozen=True)
 class DecodeOptions:
     final_beam_size: int = 5
@@ -141,26 +150,25 @@ class Transcriber:
         the first words are decoded in context and the context is not repeated.
         A final's text goes through `invented`; a partial's loses its loops there (it
         is replaced by the final, so it is only kept from saying what nobody said)."""
-        text, avg_logprob = self._decode(pcm, final, context)
+        decoded = self._decode(pcm, final, context)
         if not final:
-            return invented.without_loops(text)
-        if not text:
-            return text
-        return invented.strip_invented(text, pcm, avg_logprob, context)
+            return invented.without_loops(decoded.text)
+        if not decoded.text:
+            return ""
+        return invented.strip_invented(decoded.text, pcm, decoded.avg_logprob, context,
+                                       decoded.no_speech_prob)
 
-    def _decode(self, pcm: npt.NDArray[np.int16], final: bool,
-                context: str) -> tuple[str, float]:
-        """The text and its average log-probability per token."""
+    def _decode(self, pcm: npt.NDArray[np.int16], final: bool, context: str) -> Decoded:
         if len(pcm) < MIN_DECODE_SAMPLES:
-            return "", 0.0
+            return Decoded("")
         audio = pcm.astype(np.float32) / 32768.0
         if self._prompt is not None and len(pcm) // HOP + PAD_FRAMES < FULL_WINDOW_FRAMES:
-            text, avg_logprob = self._window(self._model.feature_extractor(audio), len(pcm),
-                                             final, self._context_tokens(context))
-            if not looped(text):
-                return text, avg_logprob
+            decoded = self._window(self._model.feature_extractor(audio), len(pcm), final,
+                                   self._context_tokens(context))
+            if not looped(decoded.text):
+                return decoded
             if not final:
-                return "", 0.0  # the next partial, or the final, will do better
+                return Decoded("")  # the next partial, or the final, will do better
         return self._full(pcm, final, context)
 
     def _context_tokens(self, context: str) -> list[int]:
@@ -172,7 +180,7 @@ class Transcriber:
         return [self._tokenizer.sot_prev, *tokens]
 
     def _window(self, features: npt.NDArray[np.float32], samples: int, final: bool,
-                context: list[int]) -> tuple[str, float]:
+                context: list[int]) -> Decoded:
         import ctranslate2
 
         assert self._prompt is not None
@@ -187,13 +195,14 @@ class Transcriber:
         tokens: list[int] = result.sequences_ids[0]
         # CTranslate2's score is the length-normalised log-probability (penalty 1).
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+        no_speech_prob = float(result.no_speech_prob)
         # Finals only: the first partial, a word or two in, often looks like this.
-        if final and result.no_speech_prob > NO_SPEECH_PROB and avg_logprob < LOW_LOGPROB:
-            return "", avg_logprob
+        if final and no_speech_prob > NO_SPEECH_PROB and avg_logprob < LOW_LOGPROB:
+            return Decoded("", avg_logprob, no_speech_prob)
         text: str = self._tokenizer.decode(tokens).strip()
         if not any(c.isalnum() for c in text):
-            return "", avg_logprob  # "." on silence
-        return text, avg_logprob
+            return Decoded("", avg_logprob, no_speech_prob)  # "." on silence
+        return Decoded(text, avg_logprob, no_speech_prob)
 
     def transcribe_full(self, pcm: npt.NDArray[np.int16], final: bool,
                         context: str = "") -> str:
@@ -202,10 +211,10 @@ class Transcriber:
         or is improbable) is left out: faster-whisper would keep its least bad try,
         and over babble that is a sampled loop ("Now we're going to go to the home
         station." three times over reversed speech)."""
-        return self._full(pcm, final, context)[0]
+        return self._full(pcm, final, context).text
 
     def _full(self, pcm: npt.NDArray[np.int16], final: bool,
-              context: str) -> tuple[str, float]:
+              context: str) -> Decoded:
         segments, _info = self._model.transcribe(
             pcm.astype(np.float32) / 32768.0, language=self._language,
             beam_size=self.options.final_beam_size if final else 1,
@@ -216,4 +225,7 @@ class Transcriber:
         tokens = sum(len(s.tokens) for s in kept)
         avg_logprob = (sum(s.avg_logprob * len(s.tokens) for s in kept) / tokens
                        if tokens else 0.0)
-        return " ".join(s.text.strip() for s in kept).strip(), avg_logprob
+        # A text is as sure there is speech as its surest window.
+        no_speech_prob = min((s.no_speech_prob for s in kept), default=0.0)
+        return Decoded(" ".join(s.text.strip() for s in kept).strip(), avg_logprob,
+                       no_speech_prob)
