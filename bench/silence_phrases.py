@@ -1,0 +1,78 @@
+"""Does Whisper doubt a real, whole silence phrase? (a script, not a test; issue #13,
+docs/architecture.md "Silence phrases that Whisper doubts").
+
+server/invented.py drops a final made only of the phrases Whisper writes over silence
+("Thank you.", "Goodbye.", ...) when Whisper itself gives over PHRASE_NO_SPEECH_PROB
+that there is no speech and its log-probability is under UNSURE_LOGPROB. This plays
+six real ones, each said alone by one voice (Allison Smith's studio prompts from
+bench/corpus.py's Debian package: "Thank you." twice, "Goodbye." twice, "I'm sorry.",
+"Oh."), at -26 dBFS between quarter-second pads, in five rooms: quiet, and at 10 dB
+SNR under the corpus's fan, TV-like babble, music and kitchen sound. Each is decoded
+as a final by the server's Transcriber (bundled tiny.en); printed: the text, what the
+rules keep, the log-probability and the no-speech probability.
+
+    uv run python bench/silence_phrases.py      # about a minute after the corpus
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+import corpus
+from real_speech import read_16k  # also puts tests/ and tests/server on the path
+from roomscribe.server import invented
+from server_support import transcriber
+
+PROMPTS = ["auth-thankyou", "privacy-thankyou", "goodbye", "vm-goodbye", "im-sorry",
+           "digits/oh"]
+ROOMS = ["fan__16000", "babble-tv__44100", "music-system__16000", "kitchen__48000"]
+LEVEL_DBFS = -26.0
+SNR_DB = 10.0
+
+
+def rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(x.astype(np.float64) ** 2)))
+
+
+def main() -> int:
+    folder, _ = corpus.ensure()
+    files = corpus.Sources(folder / "packages").files("asterisk-core-sounds-en-g722",
+                                                      corpus.ALLISON_DIR)
+    noises = {n: read_16k(folder / "nonspeech" / f"{n}.wav").astype(np.float32)
+              for n in ROOMS}
+    model = transcriber()
+    rng = np.random.default_rng(3)
+    pad = np.zeros(corpus.RATE // 4, dtype=np.float32)
+    print("| prompt | room | text | kept | log-prob | no-speech p |")
+    print("|---|---|---|---|---|---|")
+    worst = 0.0
+    dropped = 0
+    for name in PROMPTS:
+        said = corpus.decode(files[f"{corpus.ALLISON_DIR}{name}.g722"], "g722")
+        said *= 10 ** (LEVEL_DBFS / 20) * 32768 / rms(said)
+        clip = np.concatenate([pad, said, pad])
+        for room in ["quiet", *ROOMS]:
+            mixed = clip.copy()
+            if room != "quiet":
+                start = int(rng.integers(len(noises[room]) - len(clip)))
+                noise = noises[room][start:start + len(clip)]
+                mixed += noise * rms(said) / rms(noise) * 10 ** (-SNR_DB / 20)
+            pcm = np.clip(np.rint(mixed), -32768, 32767).astype(np.int16)
+            decoded = model._decode(pcm, True, "")
+            kept = invented.strip_invented(decoded.text, pcm, decoded.avg_logprob, "",
+                                           decoded.no_speech_prob) if decoded.text else ""
+            worst = max(worst, decoded.no_speech_prob)
+            dropped += bool(decoded.text) and not kept
+            print(f"| {name} | {room} | {decoded.text} | {kept} | "
+                  f"{decoded.avg_logprob:.2f} | {decoded.no_speech_prob:.2f} |", flush=True)
+    print(f"\nhighest no-speech probability {worst:.2f} (the rule: over "
+          f"{invented.PHRASE_NO_SPEECH_PROB} with log-probability under "
+          f"{invented.UNSURE_LOGPROB}); finals the rules dropped: {dropped} of "
+          f"{len(PROMPTS) * (1 + len(ROOMS))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
