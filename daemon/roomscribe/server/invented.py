@@ -176,10 +176,14 @@ def without_loops(text: str) -> str:
     to its first two sayings (for partials: see the module's rules). Words are split
     at spaces and hyphens, as `_plain` splits them ("bud-be-be-be-be-")."""
     pieces = _WORD_BREAK.split(text)  # words at even indexes, what parts them between
+    at: list[int] = []
+    keys: list[str] = []
+    cuts: list[tuple[int, int]] = [(0, 0)]  # piece ranges to remove
     for n in range(1, LOOP_PHRASE_WORDS + 1):
-        at = [k for k in range(0, len(pieces), 2) if _plain(pieces[k])]
-        keys = [_plain(pieces[k]) for k in at]
-        cuts: list[tuple[int, int]] = []  # piece ranges to remove
+        if cuts:  # the words moved
+            at = [k for k in range(0, len(pieces), 2) if _plain(pieces[k])]
+            keys = [_plain(pieces[k]) for k in at]
+        cuts = []
         i = 0
         while i + n <= len(keys):
             reps = 1
