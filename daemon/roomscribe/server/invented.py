@@ -14,9 +14,9 @@ both on a final's own audio, so they hold with turn detection off too:
   `SPEECH_PROB` (a real "you" cut from a meeting recording has 0.19 s), and so is a
   run of them ("Thank you. Thank you very much."), and so is one that Whisper itself
   doubts: its no-speech probability over `PHRASE_NO_SPEECH_PROB` with an average
-  log-probability under `UNSURE_LOGPROB`. Said whole, 36 of these phrases (studio
-  prompts, clean and at 10 dB SNR under fan, TV babble, music and kitchen noise, and
-  the corpus's own) scored 0.34 at most; over non-speech Whisper wrote them at
+  log-probability under `UNSURE_LOGPROB`. Said whole, these phrases (studio prompts,
+  quiet and at 10 dB SNR under fan, TV babble, music and kitchen noise, by
+  bench/silence_phrases.py; six cut from the corpus's speech) scored 0.37 at most; over non-speech Whisper wrote them at
   0.11-0.95, and "Thank you very much. Thank you very much." over babble through a
   wall, which Silero heard for 0.9 s, at 0.65 (log-probability -0.90). A "you" cut
   from the middle of a sentence scores like that too (0.66, -0.86), and Whisper writes
@@ -63,6 +63,7 @@ Silero runs here only on finals (a few ms per second of audio), on a fresh state
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -176,31 +177,24 @@ def without_loops(text: str) -> str:
     to its first two sayings (for partials: see the module's rules). Words are split
     at spaces and hyphens, as `_plain` splits them ("bud-be-be-be-be-")."""
     pieces = _WORD_BREAK.split(text)  # words at even indexes, what parts them between
-    at: list[int] = []
-    keys: list[str] = []
-    cuts: list[tuple[int, int]] = [(0, 0)]  # piece ranges to remove
+    at, keys = _words(pieces)
     for n in range(1, LOOP_PHRASE_WORDS + 1):
-        if cuts:  # the words moved
-            at = [k for k in range(0, len(pieces), 2) if _plain(pieces[k])]
-            keys = [_plain(pieces[k]) for k in at]
-        cuts = []
-        i = 0
-        while i + n <= len(keys):
-            reps = 1
-            while keys[i + reps * n:i + (reps + 1) * n] == keys[i:i + n]:
-                reps += 1
-            if reps < 3:
-                i += 1
-                continue
+        runs = list(_runs(keys, n))
+        for i, reps in reversed(runs):  # from the end, so earlier indexes hold
             kept, last = at[i + 2 * n - 1], at[i + reps * n - 1]
             # The run's last punctuation ends what is kept ("No, no." not "No, no,").
             pieces[kept] = (pieces[kept].rstrip(_TRAILING)
                             + pieces[last][len(pieces[last].rstrip(_TRAILING)):])
-            cuts.append((kept + 1, last + 1))
-            i += reps * n
-        for start, end in reversed(cuts):
-            del pieces[start:end]
+            del pieces[kept + 1:last + 1]
+        if runs:  # the words moved
+            at, keys = _words(pieces)
     return "".join(pieces)
+
+
+def _words(pieces: list[str]) -> tuple[list[int], list[str]]:
+    """Where the words of `pieces` are (`_WORD_BREAK`'s split), and each one `_plain`."""
+    at = [k for k in range(0, len(pieces), 2) if _plain(pieces[k])]
+    return at, [_plain(pieces[k]) for k in at]
 
 
 def _looped_share(words: list[str], before: list[str] | None = None) -> float:
@@ -210,14 +204,20 @@ def _looped_share(words: list[str], before: list[str] | None = None) -> float:
     words = before + words
     covered = [False] * len(words)
     for n in range(1, LOOP_PHRASE_WORDS + 1):
-        i = 0
-        while i + n <= len(words):
-            reps = 1
-            while words[i + reps * n:i + (reps + 1) * n] == words[i:i + n]:
-                reps += 1
-            if reps >= 3:
-                covered[i:i + reps * n] = [True] * (reps * n)
-                i += reps * n
-            else:
-                i += 1
+        for i, reps in _runs(words, n):
+            covered[i:i + reps * n] = [True] * (reps * n)
     return sum(covered[len(before):]) / (len(words) - len(before))
+
+
+def _runs(words: list[str], n: int) -> Iterator[tuple[int, int]]:
+    """(start, times) of each run of one n-word phrase said 3+ times in a row."""
+    i = 0
+    while i + n <= len(words):
+        reps = 1
+        while words[i + reps * n:i + (reps + 1) * n] == words[i:i + n]:
+            reps += 1
+        if reps >= 3:
+            yield i, reps
+            i += reps * n
+        else:
+            i += 1
