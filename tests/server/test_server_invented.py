@@ -32,13 +32,16 @@ def test_silence_phrases_over_noise_are_dropped(text: str) -> None:
     assert strip_invented(text, fan_noise(2.0)) == ""
 
 
-def test_a_silence_phrase_someone_said_is_kept() -> None:
-    # "You", said at 3.36 s of the meeting recording (the next word starts at 3.56 s),
-    # alone between quarter-second pads of silence, as a room segment would be.
+def meeting_you() -> np.ndarray:
+    """"You", said at 3.36 s of the meeting recording (the next word starts at 3.56 s),
+    alone between quarter-second pads of silence, as a room segment would be."""
     you = speech("ami-es2011a-16k.wav")[int(3.2 * RATE):int(3.56 * RATE)]
-    said = speech_heard(you).speech_s
-    assert 0.12 <= said < 0.3
-    padded = np.concatenate([silence(0.25), you, silence(0.25)])
+    return np.concatenate([silence(0.25), you, silence(0.25)])
+
+
+def test_a_silence_phrase_someone_said_is_kept() -> None:
+    padded = meeting_you()
+    assert 0.12 <= speech_heard(padded).speech_s < 0.3
     assert strip_invented("You.", padded) == "You."
 
 
@@ -47,9 +50,7 @@ def test_a_silence_phrase_whisper_doubts_is_dropped() -> None:
     phrase "Thank you." for it, giving 0.66 that there is no speech (log-probability
     -0.86), as it wrote "Thank you very much. Thank you very much." over babble through
     a wall that Silero heard for 0.9 s (0.65, -0.90). Nobody said "Thank you."."""
-    you = speech("ami-es2011a-16k.wav")[int(3.2 * RATE):int(3.56 * RATE)]
-    padded = np.concatenate([silence(0.25), you, silence(0.25)])
-    assert transcriber().transcribe(padded, final=True) == ""
+    assert transcriber().transcribe(meeting_you(), final=True) == ""
 
 
 @pytest.mark.parametrize("room", ["quiet", "fan at 10 dB SNR"])
