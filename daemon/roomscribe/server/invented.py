@@ -16,12 +16,12 @@ both on a final's own audio, so they hold with turn detection off too:
   doubts: its no-speech probability over `PHRASE_NO_SPEECH_PROB` with an average
   log-probability under `UNSURE_LOGPROB`. Said whole, these phrases (studio prompts,
   quiet and at 10 dB SNR under fan, TV babble, music and kitchen noise, by
-  bench/silence_phrases.py; six cut from the corpus's speech) scored 0.37 at most; over non-speech Whisper wrote them at
-  0.11-0.95, and "Thank you very much. Thank you very much." over babble through a
-  wall, which Silero heard for 0.9 s, at 0.65 (log-probability -0.90). A "you" cut
-  from the middle of a sentence scores like that too (0.66, -0.86), and Whisper writes
-  "Thank you." for it. Any text is dropped when less than
-  `MIN_SPEECH_S` is (two 32 ms windows: a sliver of babble, not a word; tiny.en said
+  bench/silence_phrases.py; six cut from the corpus's speech) scored 0.37 at most;
+  over non-speech Whisper wrote them at 0.11-0.95, and "Thank you very much. Thank
+  you very much." over babble through a wall, which Silero heard for 0.9 s, at 0.65
+  (log-probability -0.90). A "you" cut from the middle of a sentence scores like that
+  too (0.66, -0.86), and Whisper writes "Thank you." for it. Any text is dropped when
+  less than `MIN_SPEECH_S` is (two 32 ms windows: a sliver of babble, not a word; tiny.en said
   "We are here." over one).
 
 Over babble (a TV in the next room, people talking over each other: Silero calls it
