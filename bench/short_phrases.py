@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import corpus
-from real_speech import errors, read_16k  # also puts tests/ and tests/server on the path
+from real_speech import Errors, errors, pct, read_16k  # puts tests/, tests/server on the path
 from roomscribe.server import invented
 from server_support import transcriber
 
@@ -129,15 +129,10 @@ def report(finals: list[Final]) -> None:
 
 
 def sum_errors(finals: list[Final], text: Callable[[Final], str]) -> float:
-    n = e = 0
+    total = Errors()
     for f in finals:
-        got = errors(f.reference, text(f))
-        n, e = n + got.words, e + got.errors
-    return e / n if n else float("nan")
-
-
-def pct(x: float) -> str:
-    return "n/a" if x != x else f"{100 * x:.1f} %"
+        total.add(errors(f.reference, text(f)))
+    return total.wer
 
 
 if __name__ == "__main__":
