@@ -30,13 +30,11 @@ from dataclasses import dataclass
 import numpy as np
 
 import corpus
-from real_speech import Errors, errors, pct, read_16k  # puts tests/, tests/server on the path
+from real_speech import Errors, errors, pct  # also puts tests/ and tests/server on the path
 from roomscribe.server import invented
 from server_support import transcriber
+from silence_phrases import ROOMS, room_noises, said_in_rooms
 
-ROOMS = ["fan__16000", "babble-tv__44100", "music-system__16000", "kitchen__48000"]
-LEVEL_DBFS = -26.0
-SNR_DB = 10.0
 MAX_S = 12.0  # a short phrase; the longer prompts are read in the corpus's long files
 BANDS = [-0.75, -0.70, -0.65, -0.60, -0.55, -0.50]
 
@@ -65,24 +63,12 @@ def main() -> int:
                    and len(audio[n]) <= MAX_S * corpus.RATE)
     if args.prompts:
         names = names[::max(1, len(names) // args.prompts)][:args.prompts]
-    noises = {n: read_16k(folder / "nonspeech" / f"{n}.wav").astype(np.float32)
-              for n in ROOMS}
+    noises = room_noises(folder)
     model = transcriber()
     rng = np.random.default_rng(5)
-    pad = np.zeros(corpus.RATE // 4, dtype=np.float32)
     finals: list[Final] = []
     for k, name in enumerate(names, 1):
-        said = corpus.at_level(audio[name], LEVEL_DBFS)
-        clip = np.concatenate([pad, said, pad])
-        for room in ["quiet", *ROOMS]:
-            mixed = clip
-            if room != "quiet":
-                bed = corpus.fit(noises[room], len(clip), rng)
-                mixed = clip + corpus.at_level(bed, corpus.rms_db(said) - SNR_DB)
-            pcm = corpus.to_int16(mixed)
-            decoded = model._decode(pcm, True, "")
-            kept = invented.strip_invented(decoded.text, pcm, decoded.avg_logprob, "",
-                                           decoded.no_speech_prob) if decoded.text else ""
+        for room, decoded, kept, pcm in said_in_rooms(model, audio[name], noises, rng):
             finals.append(Final(name, room, texts[name], decoded.text, kept,
                                 decoded.avg_logprob, decoded.no_speech_prob,
                                 invented.speech_heard(pcm).mean))

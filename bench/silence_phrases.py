@@ -17,12 +17,15 @@ rules keep, the log-probability and the no-speech probability.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
 import corpus
 from real_speech import read_16k  # also puts tests/ and tests/server on the path
 from roomscribe.server import invented
+from roomscribe.server.transcriber import Decoded, Transcriber
 from server_support import transcriber
 
 PROMPTS = ["auth-thankyou", "privacy-thankyou", "goodbye", "vm-goodbye", "im-sorry",
@@ -32,32 +35,46 @@ LEVEL_DBFS = -26.0
 SNR_DB = 10.0
 
 
+def room_noises(folder: Path) -> dict[str, corpus.Audio]:
+    """The corpus's recordings of ROOMS, as the capture path hands them on."""
+    return {n: read_16k(folder / "nonspeech" / f"{n}.wav").astype(np.float32)
+            for n in ROOMS}
+
+
+def said_in_rooms(model: Transcriber, said: corpus.Audio, noises: dict[str, corpus.Audio],
+                  rng: np.random.Generator) -> Iterator[tuple[str, Decoded, str, corpus.Pcm]]:
+    """`said` alone at LEVEL_DBFS between quarter-second pads, quiet and at SNR_DB under
+    each of ROOMS (as bench/corpus.py mixes its noisy variants), decoded as a final:
+    (room, the decode, what the invented-words rules keep of it, the audio)."""
+    said = corpus.at_level(said, LEVEL_DBFS)
+    pad = np.zeros(corpus.RATE // 4, dtype=np.float32)
+    clip = np.concatenate([pad, said, pad])
+    for room in ["quiet", *ROOMS]:
+        mixed = clip
+        if room != "quiet":
+            bed = corpus.fit(noises[room], len(clip), rng)
+            mixed = clip + corpus.at_level(bed, corpus.rms_db(said) - SNR_DB)
+        pcm = corpus.to_int16(mixed)
+        decoded = model._decode(pcm, True, "")
+        kept = invented.strip_invented(decoded.text, pcm, decoded.avg_logprob, "",
+                                       decoded.no_speech_prob) if decoded.text else ""
+        yield room, decoded, kept, pcm
+
+
 def main() -> int:
     folder, _ = corpus.ensure()
     files = corpus.Sources(folder / "packages").files("asterisk-core-sounds-en-g722",
                                                       corpus.ALLISON_DIR)
-    noises = {n: read_16k(folder / "nonspeech" / f"{n}.wav").astype(np.float32)
-              for n in ROOMS}
+    noises = room_noises(folder)
     model = transcriber()
     rng = np.random.default_rng(3)
-    pad = np.zeros(corpus.RATE // 4, dtype=np.float32)
     print("| prompt | room | text | kept | log-prob | no-speech p |")
     print("|---|---|---|---|---|---|")
     worst = 0.0
     dropped = 0
     for name in PROMPTS:
-        said = corpus.at_level(corpus.decode(files[f"{corpus.ALLISON_DIR}{name}.g722"],
-                                             "g722"), LEVEL_DBFS)
-        clip = np.concatenate([pad, said, pad])
-        for room in ["quiet", *ROOMS]:
-            mixed = clip
-            if room != "quiet":  # as bench/corpus.py mixes its noisy variants
-                bed = corpus.fit(noises[room], len(clip), rng)
-                mixed = clip + corpus.at_level(bed, corpus.rms_db(said) - SNR_DB)
-            pcm = corpus.to_int16(mixed)
-            decoded = model._decode(pcm, True, "")
-            kept = invented.strip_invented(decoded.text, pcm, decoded.avg_logprob, "",
-                                           decoded.no_speech_prob) if decoded.text else ""
+        said = corpus.decode(files[f"{corpus.ALLISON_DIR}{name}.g722"], "g722")
+        for room, decoded, kept, _pcm in said_in_rooms(model, said, noises, rng):
             worst = max(worst, decoded.no_speech_prob)
             dropped += bool(decoded.text) and not kept
             print(f"| {name} | {room} | {decoded.text} | {kept} | "
