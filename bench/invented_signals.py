@@ -66,8 +66,8 @@ def collect() -> list[Final]:
     judge = invented.strip_invented
 
     def recording(text: str, pcm: npt.NDArray[np.int16], avg_logprob: float = 0.0,
-                  context: str = "") -> str:
-        kept = judge(text, pcm, avg_logprob, context)
+                  context: str = "", no_speech_prob: float = 0.0) -> str:
+        kept = judge(text, pcm, avg_logprob, context, no_speech_prob)
         finals.append(Final(item["id"], item["kind"] != "nonspeech", pcm, context, text,
                             kept, avg_logprob, invented.speech_heard(pcm).mean))
         return kept
