@@ -204,6 +204,32 @@ def test_words_over_voices_whisper_cannot_read_are_dropped(
     assert coverage(JFK_SAID, text) >= 0.8, text
 
 
+def over_voices(said: np.ndarray, snr_db: float) -> np.ndarray:
+    """`said` between quarter-second pads, with `two_reversed_voices` `snr_db` under it."""
+    pad = np.zeros(RATE // 4, dtype=np.float32)
+    clip = np.concatenate([pad, said.astype(np.float32), pad])
+    babble = two_reversed_voices(len(clip) / RATE).astype(np.float32)
+    gain = np.sqrt(np.mean(clip ** 2) / np.mean(babble ** 2)) * 10 ** (-snr_db / 20)
+    return np.clip(clip + babble * gain, -32768, 32767).astype(np.int16)
+
+
+def test_one_word_said_over_voices_is_kept() -> None:
+    # A word said alone over a TV scores as low to Whisper as babble does: the mean of
+    # one word rests on a token or two. So *voices but no words* judges two words or
+    # more, and a lone silence phrase.
+    model = transcriber()
+    eight = over_voices(speech("lj002-0035-22k05.wav")[:int(0.47 * RATE)], snr_db=10)
+    assert speech_heard(eight).mean >= invented.SURE_SPEECH_MEAN  # preconditions: the
+    assert model._decode(eight, True, "").avg_logprob < invented.UNSURE_LOGPROB  # rule's case
+    assert model.transcribe(eight, final=True) == "Eight."
+    # JFK's "what", cut from its sentence, reads "Thank you." over the same voices.
+    what = over_voices(speech("jfk-44k1-stereo.wav")[int(4.51 * RATE):int(5.75 * RATE)], 10)
+    decoded = model._decode(what, True, "")
+    assert decoded.text == "Thank you." and decoded.avg_logprob < invented.UNSURE_LOGPROB
+    assert speech_heard(what).mean >= invented.SURE_SPEECH_MEAN
+    assert model.transcribe(what, final=True) == ""
+
+
 def test_a_loop_carried_across_a_cut_is_dropped() -> None:
     # 5 s pieces of babble (bench/real_speech.py): the first said "Thank you.", and each
     # later piece, decoded with the turn's text as context, went on with it.
