@@ -103,8 +103,10 @@ def report(finals: list[Final]) -> None:
         if f.text and not f.kept:
             print(f"- {f.prompt} / {f.room}: {f.avg_logprob:.2f} {f.no_speech_prob:.2f} "
                   f"{f.silero_mean:.2f} {f.text!r} (said: {f.reference!r})")
-    sure = [f for f in finals if f.text and f.silero_mean >= invented.SURE_SPEECH_MEAN]
-    print(f"\nFinals Silero is sure of (mean >= {invented.SURE_SPEECH_MEAN}): {len(sure)}; "
+    sure = [f for f in finals if f.text and f.silero_mean >= invented.SURE_SPEECH_MEAN
+            and invented.voices_rule_judges(f.text)]
+    print(f"\nFinals Silero is sure of (mean >= {invented.SURE_SPEECH_MEAN}) of "
+          f"{invented.VOICES_MIN_WORDS} words or more, or silence phrases: {len(sure)}; "
           f"*voices but no words* drops those under {invented.UNSURE_LOGPROB}.")
     print("| log-probability under | finals | of those, decoded right |")
     print("|---|---|---|")

@@ -153,9 +153,9 @@ def strip_invented(text: str, pcm: npt.NDArray[np.int16], avg_logprob: float = 0
     if heard.top < ANY_SPEECH_PROB or speech_s < MIN_SPEECH_S:
         return ""
     words = _plain(text).split()
-    phrases_only = all(_plain(s) in SILENCE_PHRASES for s in _SENTENCE.split(text) if _plain(s))
+    phrases_only = _silence_phrases_only(text)
     if (heard.mean >= SURE_SPEECH_MEAN and avg_logprob < UNSURE_LOGPROB
-            and (len(words) >= VOICES_MIN_WORDS or phrases_only)):
+            and voices_rule_judges(text)):
         return ""
     doubted = no_speech_prob > PHRASE_NO_SPEECH_PROB and avg_logprob < UNSURE_LOGPROB
     if (speech_s < PHRASE_SPEECH_S or doubted) and phrases_only:
@@ -171,6 +171,16 @@ def strip_invented(text: str, pcm: npt.NDArray[np.int16], avg_logprob: float = 0
     if words and before and _looped_share(words, before) >= LOOP_SHARE:
         return ""
     return text
+
+
+def voices_rule_judges(text: str) -> bool:
+    """Whether *voices but no words* judges `text`: `VOICES_MIN_WORDS` words or more,
+    or only silence phrases."""
+    return len(_plain(text).split()) >= VOICES_MIN_WORDS or _silence_phrases_only(text)
+
+
+def _silence_phrases_only(text: str) -> bool:
+    return all(_plain(s) in SILENCE_PHRASES for s in _SENTENCE.split(text) if _plain(s))
 
 
 def has_loop(text: str) -> bool:
