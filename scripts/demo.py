@@ -66,14 +66,36 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout_s: fl
 
 
 def read_mono(path: Path) -> tuple[np.ndarray, int]:
-    with wave.open(str(path)) as w:
-        pcm = np.frombuffer(w.readframes(w.getnframes()), np.int16)
-        return pcm.reshape(-1, w.getnchannels()).mean(axis=1), w.getframerate()
+    """A 16-bit PCM WAV as mono samples and its rate; a file that is not one exits with
+    a line naming it."""
+    try:
+        with wave.open(str(path)) as w:
+            if w.getsampwidth() != 2:
+                sys.exit(f"demo: {path}: {8 * w.getsampwidth()}-bit samples; "
+                         "give 16-bit PCM WAV files")
+            pcm = np.frombuffer(w.readframes(w.getnframes()), np.int16)
+            return pcm.reshape(-1, w.getnchannels()).mean(axis=1), w.getframerate()
+    except FileNotFoundError:
+        sys.exit(f"demo: {path}: no such file (listed in transcripts.tsv)")
+    except (wave.Error, EOFError) as e:
+        sys.exit(f"demo: {path}: not a 16-bit PCM WAV file ({e})")
+
+
+def read_transcripts(audio_dir: Path) -> list[tuple[str, str]]:
+    """(file, text) of each line of `audio_dir`/transcripts.tsv, after its header."""
+    path = audio_dir / "transcripts.tsv"
+    with path.open(encoding="utf-8") as fh:
+        reader = csv.DictReader(fh, delimiter="\t")
+        if not {"file", "text"} <= set(reader.fieldnames or []):
+            sys.exit(f"demo: {path}: line 1 must be the header 'file<TAB>text'")
+        refs = [(r["file"], r["text"]) for r in reader if r["file"]]
+    if not refs:
+        sys.exit(f"demo: {path}: no recordings listed under the header")
+    return refs
 
 
 def build_room(audio_dir: Path, out: Path) -> list[tuple[str, str]]:
-    with (audio_dir / "transcripts.tsv").open(encoding="utf-8") as fh:
-        refs = [(r["file"], r["text"]) for r in csv.DictReader(fh, delimiter="\t")]
+    refs = read_transcripts(audio_dir)
     gap = np.zeros(int(GAP_S * ROOM_RATE_HZ))
     parts = [gap]
     for name, _text in refs:
@@ -133,8 +155,10 @@ class Lines:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fast", action="store_true", help="don't pace the audio at real time")
-    parser.add_argument("--audio", type=Path, default=Path(
-        os.environ.get("ROOMSCRIBE_SHARED") or ROOT.parent / "shared") / "audio")
+    parser.add_argument("--audio", type=Path, metavar="DIR", default=Path(
+        os.environ.get("ROOMSCRIBE_SHARED") or ROOT.parent / "shared") / "audio",
+        help="16-bit PCM WAV files and transcripts.tsv: a header line 'file<TAB>text', "
+             "then a line for each file, played in that order (default: %(default)s)")
     parser.add_argument("--server", metavar="URL", default="",
                         help="a running realtime server (ws://HOST:PORT/v1/realtime) "
                              "instead of starting one here")

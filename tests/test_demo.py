@@ -7,7 +7,9 @@ import json
 import subprocess
 import sys
 import threading
+import wave
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
@@ -70,6 +72,38 @@ def test_the_demo_prints_transcripts() -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "fellow americans" in done.stdout.lower()
     assert "transcripts arrived; the daemon's peak RSS" in done.stdout
+
+
+def write_wav(path: Path, sample_width: int) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(sample_width)
+        w.setframerate(16000)
+        w.writeframes(b"\0" * sample_width * 1600)
+
+
+@pytest.mark.parametrize(("tsv", "files", "error"), [
+    ("a.wav\tHello.\n", {}, "transcripts.tsv: line 1 must be the header 'file<TAB>text'"),
+    ("file\ttext\n", {}, "transcripts.tsv: no recordings listed under the header"),
+    ("file\ttext\nb.wav\tHello.\n", {}, "b.wav: no such file (listed in transcripts.tsv)"),
+    ("file\ttext\nc.wav\tHello.\n", {"c.wav": 3},
+     "c.wav: 24-bit samples; give 16-bit PCM WAV files"),
+    ("file\ttext\nd.wav\tHello.\n", {"d.wav": 0}, "d.wav: not a 16-bit PCM WAV file"),
+])
+def test_bad_recordings_are_one_line_naming_the_file(
+        tmp_path: Path, tsv: str, files: dict[str, int], error: str) -> None:
+    (tmp_path / "transcripts.tsv").write_text(tsv)
+    for name, width in files.items():
+        if width:
+            write_wav(tmp_path / name, width)
+        else:
+            (tmp_path / name).write_bytes(b"not a wav file at all")
+    # A server that would refuse: the recordings are read before anything starts.
+    done = run_demo("--audio", str(tmp_path), "--server", "ws://127.0.0.1:9/v1/realtime")
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"demo: {tmp_path}/"), lines
+    assert error in lines[0], lines
 
 
 def test_without_the_server_extra_it_says_what_it_needs() -> None:
