@@ -88,7 +88,7 @@ def read_transcripts(audio_dir: Path) -> list[tuple[str, str]]:
         reader = csv.DictReader(fh, delimiter="\t")
         if not {"file", "text"} <= set(reader.fieldnames or []):
             sys.exit(f"demo: {path}: line 1 must be the header 'file<TAB>text'")
-        refs = [(r["file"], r["text"]) for r in reader if r["file"]]
+        refs = [(r["file"], r["text"] or "") for r in reader if r["file"]]
     if not refs:
         sys.exit(f"demo: {path}: no recordings listed under the header")
     return refs
