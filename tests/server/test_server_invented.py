@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
@@ -24,6 +26,17 @@ def fan_noise(seconds: float, seed: int = 1) -> np.ndarray:
     t = np.arange(n) / RATE
     noise = rng.normal(0, 400, n) + 300 * np.sin(2 * np.pi * 100 * t)
     return np.clip(noise, -32768, 32767).astype(np.int16)
+
+
+def said_over(said: np.ndarray, noise: Callable[[float], np.ndarray], snr_db: float = 10,
+              pad_s: float = 0.25) -> np.ndarray:
+    """`said` between `pad_s` of silence each side, with `noise(seconds)` `snr_db` under
+    the level of what was said, as a room segment holds it."""
+    level = float(np.sqrt(np.mean(said.astype(np.float32) ** 2)))
+    pcm = np.concatenate([silence(pad_s), said, silence(pad_s)]).astype(np.float32)
+    bed = noise(len(pcm) / RATE).astype(np.float32)
+    pcm += bed * (level / float(np.sqrt(np.mean(bed ** 2)))) * 10 ** (-snr_db / 20)
+    return np.clip(np.rint(pcm), -32768, 32767).astype(np.int16)
 
 
 @pytest.mark.parametrize("text", ["Thank you.", "Thanks for watching!", "you",
@@ -59,12 +72,8 @@ def test_a_whole_thank_you_said_in_a_room_is_kept(room: str) -> None:
     sure it is speech (no-speech probability 0.05-0.25 for two such prompts in five
     rooms, bench/silence_phrases.py)."""
     said = recording("allison-thank-you-16k.wav")
-    level = float(np.sqrt(np.mean(said.astype(np.float32) ** 2)))
-    pcm = np.concatenate([silence(0.25), said, silence(0.25)]).astype(np.float32)
-    if room != "quiet":
-        noise = fan_noise(len(pcm) / RATE).astype(np.float32)
-        pcm += noise * (level / float(np.sqrt(np.mean(noise ** 2)))) * 10 ** (-10 / 20)
-    audio = np.clip(np.rint(pcm), -32768, 32767).astype(np.int16)
+    audio = said_over(said, fan_noise) if room != "quiet" else \
+        np.concatenate([silence(0.25), said, silence(0.25)])
     assert transcriber().transcribe(audio, final=True) == "Thank you."
 
 
@@ -198,19 +207,8 @@ def test_words_over_voices_whisper_cannot_read_are_dropped(
     assert speech_heard(jfk).mean < 0.6
     assert strip_invented(JFK_SAID, jfk, avg_logprob=-0.9) == JFK_SAID
     # Real speech with the same babble 10 dB under it is kept.
-    jfk_rms = float(np.sqrt(np.mean(jfk.astype(np.float32) ** 2)))
-    under = jfk + two_reversed_voices(len(jfk) / RATE) * (0.316 * jfk_rms / 1414)
-    text = model.transcribe(np.clip(under, -32768, 32767).astype(np.int16), final=True)
+    text = model.transcribe(said_over(jfk, two_reversed_voices, pad_s=0), final=True)
     assert coverage(JFK_SAID, text) >= 0.8, text
-
-
-def over_voices(said: np.ndarray, snr_db: float) -> np.ndarray:
-    """`said` between quarter-second pads, with `two_reversed_voices` `snr_db` under it."""
-    pad = np.zeros(RATE // 4, dtype=np.float32)
-    clip = np.concatenate([pad, said.astype(np.float32), pad])
-    babble = two_reversed_voices(len(clip) / RATE).astype(np.float32)
-    gain = np.sqrt(np.mean(clip ** 2) / np.mean(babble ** 2)) * 10 ** (-snr_db / 20)
-    return np.clip(clip + babble * gain, -32768, 32767).astype(np.int16)
 
 
 def test_one_word_said_over_voices_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -218,11 +216,12 @@ def test_one_word_said_over_voices_is_kept(monkeypatch: pytest.MonkeyPatch) -> N
     # one word rests on a token or two. So *voices but no words* judges two words or
     # more, and a lone silence phrase.
     model = transcriber()
-    eight = over_voices(speech("lj002-0035-22k05.wav")[:int(0.47 * RATE)], snr_db=10)
+    eight = said_over(speech("lj002-0035-22k05.wav")[:int(0.47 * RATE)], two_reversed_voices)
     assert speech_heard(eight).mean >= invented.SURE_SPEECH_MEAN
     assert model.transcribe(eight, final=True) == "Eight."
     # JFK's "what", cut from its sentence, reads "Thank you." over the same voices.
-    what = over_voices(speech("jfk-44k1-stereo.wav")[int(4.51 * RATE):int(5.75 * RATE)], 10)
+    what = said_over(speech("jfk-44k1-stereo.wav")[int(4.51 * RATE):int(5.75 * RATE)],
+                     two_reversed_voices)
     assert model.transcribe(what, final=True) == ""
     # Both are this rule's case (Silero sure of speech, Whisper unsure of the words):
     # judging one word too drops "Eight.", and without the rule "Thank you." stays.
