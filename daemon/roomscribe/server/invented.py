@@ -152,14 +152,13 @@ def strip_invented(text: str, pcm: npt.NDArray[np.int16], avg_logprob: float = 0
     speech_s = heard.speech_s
     if heard.top < ANY_SPEECH_PROB or speech_s < MIN_SPEECH_S:
         return ""
-    words = _plain(text).split()
-    phrases_only = _silence_phrases_only(text)
     if (heard.mean >= SURE_SPEECH_MEAN and avg_logprob < UNSURE_LOGPROB
             and voices_rule_judges(text)):
         return ""
     doubted = no_speech_prob > PHRASE_NO_SPEECH_PROB and avg_logprob < UNSURE_LOGPROB
-    if (speech_s < PHRASE_SPEECH_S or doubted) and phrases_only:
+    if (speech_s < PHRASE_SPEECH_S or doubted) and _silence_phrases_only(text):
         return ""
+    words = _plain(text).split()
     spoken = sum(max(1, len(w) // 2) if w.isdigit() else 1 for w in words)
     seconds = len(pcm) / SAMPLE_RATE_HZ
     if seconds >= SPARSE_MIN_S and spoken < SPARSE_WORDS_PER_S * seconds:
