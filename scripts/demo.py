@@ -77,6 +77,8 @@ def read_mono(path: Path) -> tuple[np.ndarray, int]:
             return pcm.reshape(-1, w.getnchannels()).mean(axis=1), w.getframerate()
     except FileNotFoundError:
         sys.exit(f"demo: {path}: no such file (listed in transcripts.tsv)")
+    except OSError as e:
+        sys.exit(f"demo: {path}: {e.strerror or e}")
     except (wave.Error, EOFError) as e:
         sys.exit(f"demo: {path}: not a 16-bit PCM WAV file ({e})")
 
@@ -84,11 +86,14 @@ def read_mono(path: Path) -> tuple[np.ndarray, int]:
 def read_transcripts(audio_dir: Path) -> list[tuple[str, str]]:
     """(file, text) of each line of `audio_dir`/transcripts.tsv, after its header."""
     path = audio_dir / "transcripts.tsv"
-    with path.open(encoding="utf-8") as fh:
-        reader = csv.DictReader(fh, delimiter="\t")
-        if not {"file", "text"} <= set(reader.fieldnames or []):
-            sys.exit(f"demo: {path}: line 1 must be the header 'file<TAB>text'")
-        refs = [(r["file"], r["text"] or "") for r in reader if r["file"]]
+    try:
+        with path.open(encoding="utf-8") as fh:
+            reader = csv.DictReader(fh, delimiter="\t")
+            if not {"file", "text"} <= set(reader.fieldnames or []):
+                sys.exit(f"demo: {path}: line 1 must be the header 'file<TAB>text'")
+            refs = [(r["file"], r["text"] or "") for r in reader if r["file"]]
+    except UnicodeDecodeError:
+        sys.exit(f"demo: {path}: not UTF-8 text")
     if not refs:
         sys.exit(f"demo: {path}: no recordings listed under the header")
     return refs

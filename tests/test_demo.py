@@ -89,15 +89,20 @@ def write_wav(path: Path, sample_width: int) -> None:
     ("file\ttext\nc.wav\tHello.\n", {"c.wav": 3},
      "c.wav: 24-bit samples; give 16-bit PCM WAV files"),
     ("file\ttext\nd.wav\tHello.\n", {"d.wav": 0}, "d.wav: not a 16-bit PCM WAV file"),
+    ("file\ttext\ne\tHello.\n", {"e": -1}, "e: Is a directory"),
+    ("file\ttext\nf.wav\tCaf\xe9.\n".encode("latin-1"), {}, "transcripts.tsv: not UTF-8 text"),
 ])
 def test_bad_recordings_are_one_line_naming_the_file(
-        tmp_path: Path, tsv: str, files: dict[str, int], error: str) -> None:
-    (tmp_path / "transcripts.tsv").write_text(tsv)
-    for name, width in files.items():
-        if width:
+        tmp_path: Path, tsv: str | bytes, files: dict[str, int], error: str) -> None:
+    tsv_path = tmp_path / "transcripts.tsv"
+    tsv_path.write_bytes(tsv if isinstance(tsv, bytes) else tsv.encode())
+    for name, width in files.items():  # width 0: not a WAV; -1: a folder
+        if width > 0:
             write_wav(tmp_path / name, width)
-        else:
+        elif width == 0:
             (tmp_path / name).write_bytes(b"not a wav file at all")
+        else:
+            (tmp_path / name).mkdir()
     # A server that would refuse: the recordings are read before anything starts.
     done = run_demo("--audio", str(tmp_path), "--server", "ws://127.0.0.1:9/v1/realtime")
     assert done.returncode == 1
