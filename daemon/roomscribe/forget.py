@@ -9,21 +9,16 @@ again on its next (re)connect.
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
-from typing import Any, TextIO
+from typing import TextIO
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
-from . import discovery
+from . import broker_login, discovery
 from .config import Settings
 from .message import Message
 from .mute import mute_topics
 from .payload import topics
 from .publish import PublishError
-from .retry import describe
 
 
 def removal(settings: Settings) -> list[Message]:
@@ -37,40 +32,13 @@ def removal(settings: Settings) -> list[Message]:
 
 def forget(settings: Settings, password: str, out: TextIO, timeout_s: float = 10.0) -> int:
     """Clear everything retained for this device; PublishError (one line) on failure."""
-    m = settings.mqtt
-    where = f"{m.host}:{m.port}"
+    where = broker_login.where(settings)
     messages = removal(settings)
-    answered = threading.Event()
-    refused: list[str] = []
-
-    def on_connect(_c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        if reason.is_failure:
-            refused.append(str(reason))
-        answered.set()
-
+    deadline = time.monotonic() + timeout_s
     # Its own client id: reusing the daemon's would disconnect a running daemon.
-    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                         client_id=f"roomscribe-forget-{uuid.uuid4().hex[:8]}",
-                         protocol=mqtt.MQTTv5 if m.protocol == "5" else mqtt.MQTTv311)
-    if m.username:
-        client.username_pw_set(m.username, password or None)
-    client.on_connect = on_connect
+    client = broker_login.login(settings, password, "forget",
+                                f"roomscribe-forget-{uuid.uuid4().hex[:8]}", timeout_s)
     try:
-        if m.tls:
-            client.tls_set(ca_certs=m.ca_file or None, certfile=m.cert_file or None,
-                           keyfile=m.key_file or None)
-        client.connect(m.host, m.port, keepalive=max(5, m.keepalive_s))
-    except (OSError, ValueError) as exc:
-        raise PublishError(f"forget: cannot connect to the broker at {where}: "
-                           f"{describe(exc)}") from None
-    client.loop_start()
-    try:
-        deadline = time.monotonic() + timeout_s
-        if not answered.wait(timeout_s):
-            raise PublishError(f"forget: {where} did not answer within {timeout_s:.0f} s")
-        if refused:
-            raise PublishError(f"forget: {where} refused the connection: {refused[0]} "
-                               "(check mqtt.username, the password and the broker ACL)")
         infos = [client.publish(msg.topic, msg.encode(), qos=msg.qos, retain=msg.retain)
                  for msg in messages]
         for info in infos:

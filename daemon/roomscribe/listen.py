@@ -8,13 +8,15 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import uuid
 from datetime import datetime
 from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
+from . import broker_login
 from .config import Settings
+from .publish import PublishError
 
 
 def format_transcript(payload: bytes) -> str:
@@ -28,19 +30,45 @@ def format_transcript(payload: bytes) -> str:
 
 
 def listen(settings: Settings, password: str, out: TextIO = sys.stdout,
-           count: int | None = None, timeout_s: float | None = None) -> int:
-    """Print transcripts until `count` arrived or `timeout_s` passed (None: forever)."""
-    m = settings.mqtt
-    topic = f"{m.topic_prefix}/+/transcript"
+           count: int | None = None, timeout_s: float | None = None,
+           err: TextIO = sys.stderr) -> int:
+    """Print transcripts until `count` arrived or `timeout_s` passed (None: forever).
+
+    A broker that is not there, refuses the login or refuses the subscription is a
+    PublishError (one line); one lost later is waited for, and said so on `err`."""
+    broker = broker_login.where(settings)
+    topic = f"{settings.mqtt.topic_prefix}/+/transcript"
     done = threading.Event()
+    problem: list[str] = []
+    subscribed = 0
     seen = 0
 
+    def say(line: str) -> None:
+        print(f"listen: {line}", file=err, flush=True)
+
     def on_connect(client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        if reason.is_failure:
-            print(f"listen: broker refused the connection: {reason}", file=sys.stderr)
+        if reason.is_failure:  # a reconnect the broker no longer accepts
+            problem.append(f"listen: {broker} refused the connection: {reason}")
             done.set()
             return
         client.subscribe(topic, qos=1)
+
+    def on_subscribe(_c: mqtt.Client, _u: Any, _mid: int, reasons: list[Any],
+                     _p: Any) -> None:
+        nonlocal subscribed
+        failed = [r for r in reasons if r.is_failure]
+        if failed:
+            problem.append(f"listen: {broker} refused the subscription to {topic}: "
+                           f"{failed[0]} (check the broker ACL)")
+            done.set()
+            return
+        subscribed += 1
+        say(f"waiting for transcripts on {topic} at {broker}" if subscribed == 1
+            else f"back on {broker}")
+
+    def on_disconnect(_c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if not done.is_set():  # paho reconnects by itself; our own close says nothing
+            say(f"lost the broker at {broker} ({reason}); reconnecting")
 
     def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         nonlocal seen
@@ -49,22 +77,21 @@ def listen(settings: Settings, password: str, out: TextIO = sys.stdout,
         if count is not None and seen >= count:
             done.set()
 
-    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                         protocol=mqtt.MQTTv5 if m.protocol == "5" else mqtt.MQTTv311)
-    if m.username:
-        client.username_pw_set(m.username, password or None)
-    if m.tls:
-        client.tls_set(ca_certs=m.ca_file or None, certfile=m.cert_file or None,
-                       keyfile=m.key_file or None)
-    client.on_connect = on_connect
+    client = broker_login.login(settings, password, "listen",
+                                f"roomscribe-listen-{uuid.uuid4().hex[:8]}")
     client.on_message = on_message
-    client.connect_async(m.host, m.port, keepalive=m.keepalive_s)
-    client.loop_start()
+    client.on_subscribe = on_subscribe
+    client.on_disconnect = on_disconnect
+    client.on_connect = on_connect
+    client.subscribe(topic, qos=1)
     try:
         done.wait(timeout_s)
     except KeyboardInterrupt:
         pass
     finally:
+        done.set()
         client.disconnect()
         client.loop_stop()
+    if problem:
+        raise PublishError(problem[0])
     return 0

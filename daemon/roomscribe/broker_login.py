@@ -1,0 +1,66 @@
+"""The broker connection of the command-line tools (`forget`, `listen`).
+
+The daemon's own connection (publish.py) never gives up. These tools are run by a
+person at a terminal, who wants to know at once that the broker is not there or did
+not take the login: connect once, wait (bounded) for the broker's answer, and fail in
+one line naming the broker.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from .config import Settings
+from .publish import PublishError
+from .retry import describe
+
+
+def where(settings: Settings) -> str:
+    return f"{settings.mqtt.host}:{settings.mqtt.port}"
+
+
+def login(settings: Settings, password: str, tool: str, client_id: str,
+          timeout_s: float = 10.0) -> mqtt.Client:
+    """A client connected and accepted, its network loop running; a PublishError
+    (one line, no secret) when the broker is unreachable, silent or refuses."""
+    m = settings.mqtt
+    answered = threading.Event()
+    refused: list[str] = []
+
+    def on_connect(_c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            refused.append(str(reason))
+        answered.set()
+
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                         client_id=client_id,
+                         protocol=mqtt.MQTTv5 if m.protocol == "5" else mqtt.MQTTv311)
+    if m.username:
+        client.username_pw_set(m.username, password or None)
+    client.on_connect = on_connect
+    try:
+        if m.tls:
+            client.tls_set(ca_certs=m.ca_file or None, certfile=m.cert_file or None,
+                           keyfile=m.key_file or None)
+        client.connect(m.host, m.port, keepalive=max(5, m.keepalive_s))
+    except (OSError, ValueError) as exc:
+        raise PublishError(f"{tool}: cannot connect to the broker at {where(settings)}: "
+                           f"{describe(exc)}") from None
+    client.loop_start()
+    try:
+        if not answered.wait(timeout_s):
+            raise PublishError(f"{tool}: {where(settings)} did not answer within "
+                               f"{timeout_s:.0f} s")
+        if refused:
+            raise PublishError(f"{tool}: {where(settings)} refused the connection: "
+                               f"{refused[0]} (check mqtt.username, the password and "
+                               "the broker ACL)")
+    except PublishError:
+        client.disconnect()
+        client.loop_stop()
+        raise
+    return client
