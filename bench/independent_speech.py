@@ -19,6 +19,7 @@ sounds any word, offline or streamed, is an invented one).
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -68,6 +69,9 @@ def finals(pcm: npt.NDArray[np.int16]) -> list[str]:
 
 
 def main() -> int:
+    # No options; --help says what the script does before its minutes of decoding.
+    argparse.ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     folder = corpus.corpus_dir()
     transcriber()  # load the model first
     print("| file | audio | finals | words, rules on / off | finals dropped or changed "

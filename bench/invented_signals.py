@@ -27,6 +27,7 @@ the rules keep (the invented words bench/real_speech.py counts).
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import string
 import sys
@@ -144,6 +145,9 @@ def anomaly(f: Final) -> float:
 
 
 def main() -> int:
+    # No options; --help says what the script does before its minutes of decoding.
+    argparse.ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     transcriber()
     finals = collect()
     judged = [f for f in finals if not f.speech or f.silero_mean >= invented.SURE_SPEECH_MEAN]

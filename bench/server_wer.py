@@ -20,6 +20,7 @@ others: it widens the evidence, it does not replace real speech.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -93,6 +94,9 @@ def stream_finals(pcm: npt.NDArray[np.int16]) -> tuple[str, list[npt.NDArray[np.
 
 
 def main() -> int:
+    # No options; --help says what the script does before its minutes of decoding.
+    argparse.ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     model = transcriber()
     print("| corpus | words | segments | streamed WER vs reference | offline WER vs reference "
           "| streamed vs offline | offline vs offline padded | decode per segment: server "

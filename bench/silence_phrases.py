@@ -16,6 +16,7 @@ rules keep, the log-probability and the no-speech probability.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,6 +63,9 @@ def said_in_rooms(model: Transcriber, said: corpus.Audio, noises: dict[str, corp
 
 
 def main() -> int:
+    # No options; --help says what the script does before its minutes of decoding.
+    argparse.ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     folder, _ = corpus.ensure()
     files = corpus.Sources(folder / "packages").files("asterisk-core-sounds-en-g722",
                                                       corpus.ALLISON_DIR)
