@@ -388,3 +388,16 @@ def test_check_prints_settings_with_secrets_masked(tmp_path: Path) -> None:
         assert secret not in out
     assert out.count("(set, hidden)") == 3, out
     assert '"id": "hall"' in out and f"{config}: OK" in out
+
+
+@pytest.mark.parametrize("argv", [["listen", "--seconds", "-3"], ["listen", "--seconds", "nan"],
+                                  ["listen", "--count", "0"], ["level", "--seconds", "0"]])
+def test_a_time_or_count_that_would_stop_at_once_or_never_is_refused(
+        argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from roomscribe.cli import build_parser
+
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args(argv)
+    assert stopped.value.code == 2
+    assert f"argument {argv[1]}: '{argv[2]}' is not a" in capsys.readouterr().err
+    assert build_parser().parse_args([argv[0], argv[1], "2"]).__dict__[argv[1][2:]] == 2

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import sys
 import wave
 from typing import Any
@@ -152,6 +153,28 @@ def cmd_serve(_settings: Settings, args: argparse.Namespace) -> int:
     return serve_main(argv)
 
 
+def _seconds(text: str) -> float:
+    """An argparse type: a finite time over zero (`--seconds -1` or `nan` would stop at
+    once or never)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds over 0")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number over 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="roomscribe", description="Room microphone → realtime transcription → MQTT")
@@ -172,11 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("devices", "list ALSA capture devices and what they accept").set_defaults(
         func=cmd_devices)
     level = add("level", "live input meter for setting the microphone gain")
-    level.add_argument("--seconds", type=float, default=None, help="stop after this long")
+    level.add_argument("--seconds", type=_seconds, default=None, help="stop after this long")
     level.set_defaults(func=cmd_level)
     listen = add("listen", "print transcripts from the broker as they arrive")
-    listen.add_argument("--count", type=int, default=None, help="stop after N transcripts")
-    listen.add_argument("--seconds", type=float, default=None, help="stop after this long")
+    listen.add_argument("--count", type=_count, default=None, help="stop after N transcripts")
+    listen.add_argument("--seconds", type=_seconds, default=None, help="stop after this long")
     listen.set_defaults(func=cmd_listen)
     add("forget", "remove the device from Home Assistant and clear its retained "
         "MQTT messages (stop the daemon first)").set_defaults(func=cmd_forget)
