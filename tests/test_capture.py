@@ -174,6 +174,7 @@ def test_alsa_device_that_appears_later_is_reopened(tmp_path: Path, jfk_raw: Pat
     stats = result["stats"]
     assert stats["reopens"] >= 2
     assert stats["device_open"] is False  # closed again when the iterator was closed
+    assert stats["ended"] is False  # a microphone does not run out
     got = np.frombuffer(out.read_bytes(), dtype="<i2")
     expected = direct_conversion(read_wav(JFK)[0], 44100)
     assert np.array_equal(got[:30000], expected[:30000])
@@ -303,6 +304,7 @@ def test_file_source_unpaced_reads_the_whole_wav() -> None:
     assert np.array_equal(got, direct_conversion(audio, rate))
     assert_contiguous([[f.captured_at, f.samples] for f in out])
     assert stats.frames == len(got) and not stats.device_open
+    assert stats.ended  # ran out, as a file does: the daemon stops in its status
 
 
 def test_file_source_paced_delivers_the_same_audio() -> None:
@@ -363,7 +365,7 @@ def test_stdin_source_reads_raw_pcm_to_eof(monkeypatch: pytest.MonkeyPatch) -> N
     stats = CaptureStats()
     out = collect(settings, stats)
     got = np.frombuffer(b"".join(f.pcm for f in out), dtype="<i2")
-    assert stats.dropped_samples == 0
+    assert stats.dropped_samples == 0 and stats.ended
     assert np.array_equal(got, direct_conversion(audio, rate))
     assert_contiguous([[f.captured_at, f.samples] for f in out])
 

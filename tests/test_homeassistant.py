@@ -343,6 +343,10 @@ def test_availability_online_retained_will_on_sigkill_offline_on_clean_stop(
             second.stop()
         sub.close()
     assert retained(broker.port)[topic] == b"offline"
+    # The state left retained is the one the daemon stopped in (idle: no speech came),
+    # not "reconnecting", as if a clean stop were an outage being worked on.
+    last = json.loads(retained(broker.port)["roomscribe/test/state"])
+    assert last["status"] == "idle" and last["last_error"] is None, last
     assert "Traceback" not in daemon.output() + second.output()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 import signal
 import threading
@@ -212,3 +213,7 @@ def test_sigterm_mid_sentence_still_publishes_it(tmp_path: Path, broker: Broker,
     heard = " ".join(sub.texts()).lower()
     assert "fellow americans" in heard
     assert [m.payload for m in sub.on("availability")][-1] == b"offline"
+    # Left retained: the status it was stopped in, not "reconnecting" (a clean stop is
+    # no outage; capture closes and the socket goes as it stops).
+    last = json.loads([m.payload for m in sub.on("state")][-1])
+    assert last["status"] == "streaming" and last["last_error"] is None, last

@@ -19,7 +19,7 @@ from .audio import Frame
 from .capture import CaptureStats, frames
 from .config import Settings
 from .gate import Close, Gate, GateEvent, Open
-from .health import Health, available
+from .health import Health, Status, available
 from .integrations import Integrations
 from .notify import Notifier, status_line
 from .outbox import Outbox
@@ -64,6 +64,9 @@ class Daemon:
         self.notifier = Notifier.from_env()
         self.started = time.monotonic()
         self._stop = asyncio.Event()
+        # What state reports while stopping: the status the daemon was stopped in. The
+        # capture closing and the socket going are the stop, not an outage.
+        self._stopped_in: Status | None = None
         self.exit_status = 0
 
     def request_stop(self) -> None:
@@ -72,12 +75,19 @@ class Daemon:
     def _uplink_status(self, connected: bool, error: str) -> None:
         self._report()
 
+    def _status(self) -> Status:
+        if self._stopped_in is not None:
+            return self._stopped_in
+        cap = self.capture_stats
+        return self.health.status(
+            time.monotonic(), muted=self.integrations.mute.muted,
+            connected=self.uplink.connected, wants_connection=self.core.wants_connection(),
+            capture_open=cap.device_open or cap.ended)
+
     def _report(self) -> None:
         ring, cap, up = self.ring, self.capture_stats, self.uplink
         last_error = up.last_error or cap.last_error
-        status = self.health.status(
-            time.monotonic(), muted=self.integrations.mute.muted, connected=up.connected,
-            wants_connection=self.core.wants_connection(), capture_open=cap.device_open)
+        status = self._status()
         self.publisher.update_state(
             status=status,
             transcription_available=available(status),
@@ -154,6 +164,7 @@ class Daemon:
                 log.warning("privacy mute is ON (saved in %s): no audio leaves the device "
                             "until it is switched off", self.integrations.mute.path)
             await self._stop.wait()
+            self._stopped_in = self._status()
             self.notifier.stopping()
             capture.cancel()
             self.uplink.stop()

@@ -72,6 +72,8 @@ class CaptureStats:
     reopens: int = 0  # attempts to open the device again after a fault
     last_error: str = ""
     device_open: bool = False
+    # A file or stdin ran out: the daemon stops, and that is no fault of the device.
+    ended: bool = False
     last_frame_monotonic: float = 0.0
 
 
@@ -365,6 +367,7 @@ def stdin_loop(settings: CaptureSettings, stats: CaptureStats, emit: Emit,
         while not stop.is_set():
             data = source.read(want)
             if not data:
+                stats.ended = True
                 break
             data = carry + data
             whole = len(data) - len(data) % stream.frame_bytes
@@ -422,6 +425,7 @@ async def _file_frames(settings: CaptureSettings,
                 if frame := stream.push(_to_s16(raw, width)):
                     _count(stats, frame)
                     yield frame
+            stats.ended = True
             if frame := stream.end():
                 _count(stats, frame)
                 yield frame
