@@ -401,3 +401,21 @@ def test_a_time_or_count_that_would_stop_at_once_or_never_is_refused(
     assert stopped.value.code == 2
     assert f"argument {argv[1]}: '{argv[2]}' is not a" in capsys.readouterr().err
     assert build_parser().parse_args([argv[0], argv[1], "2"]).__dict__[argv[1][2:]] == 2
+
+
+def test_check_says_which_gate_run_would_use(tmp_path: Path) -> None:
+    """gate.mode = "webrtc" without its package: `run` gates by energy and logs why;
+    `check` says the same before its OK (it said only OK)."""
+    import importlib.util
+
+    config = tmp_path / "c.toml"
+    config.write_text(f'[gate]\nmode = "webrtc"\n[state]\ndir = "{tmp_path / "s"}"\n')
+    done = run_cli("check", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{config}: OK")
+    if importlib.util.find_spec("webrtcvad") is None:
+        assert done.stderr.strip() == (
+            "ERROR roomscribe.gate: gate.mode = 'webrtc' needs the package webrtcvad-wheels "
+            "(pip install webrtcvad-wheels); using gate.mode = 'energy' instead")
+    else:
+        assert not done.stderr.strip()

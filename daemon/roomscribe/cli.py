@@ -90,7 +90,12 @@ def _masked(settings: Settings) -> dict[str, Any]:
 
 
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    from .gate import make_detector
+
     preflight(settings)
+    # A gate detector whose package is missing is not a stop: `run` logs it and gates
+    # by energy. Built here too, so `check` says so before its OK.
+    make_detector(settings.gate)
     masked = _masked(settings)
     print(f"{settings.source_path or '(built-in defaults)'}: OK")
     print(json.dumps(masked, indent=2))
