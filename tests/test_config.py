@@ -35,6 +35,8 @@ def test_config_toml_is_exactly_the_defaults() -> None:
     ("[mqtt]\ntls = 'yes'", "c.toml: mqtt.tls must be true or false"),
     ("[uplink]\nurl = 'http://x'", "c.toml: uplink.url must be a ws:// or wss:// URL"),
     ("[capture]\nsource = 'file'", "c.toml: capture.file must be set"),
+    ("[capture]\ndevice = ' '", "c.toml: capture.device must name an ALSA device"),
+    ("[server]\ncompute_type = 'fp8'", "c.toml: server.compute_type must be one of"),
     ("x = = 1", "c.toml: not valid TOML"),
 ])
 def test_mistakes_are_one_line_naming_file_and_key(text: str, message: str) -> None:

@@ -418,6 +418,10 @@ def _validate(settings: Settings, where: str) -> None:
         raise ConfigError(
             f"{where}: capture.channel = {cap.channel} but capture.channels = {cap.channels}"
         )
+    if cap.source == "alsa" and not cap.device.strip():
+        # ALSA has no device "": run would retry it forever as if the mic were away.
+        raise ConfigError(f"{where}: capture.device must name an ALSA device "
+                          "(\"default\", or one `roomscribe devices` lists)")
     if cap.source == "file" and not cap.file:
         raise ConfigError(f"{where}: capture.file must be set when capture.source = 'file'")
     _validate_url(settings.uplink.url, where, "uplink.url")
