@@ -83,6 +83,8 @@ def listen(settings: Settings, password: str, out: TextIO = sys.stdout,
     client.on_subscribe = on_subscribe
     client.on_disconnect = on_disconnect
     client.on_connect = on_connect
+    # Back as soon as the broker is: paho's own backoff grows to 2 minutes.
+    client.reconnect_delay_set(settings.mqtt.reconnect_min_s, settings.mqtt.reconnect_max_s)
     client.subscribe(topic, qos=1)
     try:
         done.wait(timeout_s)
