@@ -19,14 +19,24 @@ from .publish import PublishError
 from .retry import describe
 
 
+class LoginError(PublishError):
+    """Why a tool could not log in, in one line; `kind` is "unreachable" (`cause` is
+    the socket's error), "silent" or "refused" (`reason` is the broker's)."""
+
+    def __init__(self, message: str, kind: str, reason: str = "",
+                 cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.kind, self.reason, self.cause = kind, reason, cause
+
+
 def where(settings: Settings) -> str:
     return f"{settings.mqtt.host}:{settings.mqtt.port}"
 
 
 def login(settings: Settings, password: str, tool: str, client_id: str,
           timeout_s: float = 10.0) -> mqtt.Client:
-    """A client connected and accepted, its network loop running; a PublishError
-    (one line, no secret) when the broker is unreachable, silent or refuses."""
+    """A client connected and accepted, its network loop running; a LoginError (one
+    line, no secret) when the broker is unreachable, silent or refuses."""
     m = settings.mqtt
     answered = threading.Event()
     refused: list[str] = []
@@ -48,18 +58,18 @@ def login(settings: Settings, password: str, tool: str, client_id: str,
                            keyfile=m.key_file or None)
         client.connect(m.host, m.port, keepalive=max(5, m.keepalive_s))
     except (OSError, ValueError) as exc:
-        raise PublishError(f"{tool}: cannot connect to the broker at {where(settings)}: "
-                           f"{describe(exc)}") from None
+        raise LoginError(f"{tool}: cannot connect to the broker at {where(settings)}: "
+                         f"{describe(exc)}", "unreachable", cause=exc) from None
     client.loop_start()
     try:
         if not answered.wait(timeout_s):
-            raise PublishError(f"{tool}: {where(settings)} did not answer within "
-                               f"{timeout_s:.0f} s")
+            raise LoginError(f"{tool}: {where(settings)} did not answer within "
+                             f"{timeout_s:.0f} s", "silent")
         if refused:
-            raise PublishError(f"{tool}: {where(settings)} refused the connection: "
-                               f"{refused[0]} (check mqtt.username, the password and "
-                               "the broker ACL)")
-    except PublishError:
+            raise LoginError(f"{tool}: {where(settings)} refused the connection: "
+                             f"{refused[0]} (check mqtt.username, the password and the "
+                             "broker ACL)", "refused", refused[0])
+    except LoginError:
         client.disconnect()
         client.loop_stop()
         raise

@@ -10,17 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TextIO
 
-import paho.mqtt.client as mqtt
 import websockets
-from paho.mqtt.enums import CallbackAPIVersion
 from websockets.exceptions import InvalidStatus
 
-from . import config, protocol
+from . import broker_login, config, protocol
 from .capture import CaptureError, CaptureStats, frames
 from .config import Settings
 from .level import Meter
@@ -116,42 +114,23 @@ async def check_server(settings: Settings) -> Result:
 
 
 def check_broker(settings: Settings) -> Result:
-    m = settings.mqtt
-    where = f"{m.host}:{m.port}"
-    done = threading.Event()
-    outcome: list[Result] = []
-    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                         protocol=mqtt.MQTTv5 if m.protocol == "5" else mqtt.MQTTv311)
-    if m.username:
-        client.username_pw_set(m.username, config.mqtt_password(settings) or None)
-
-    def on_connect(_c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        if reason.is_failure:
-            outcome.append(Result("broker", False, f"{where}: refused: {reason}",
-                                  "check mqtt.username and the password"))
-        else:
-            outcome.append(Result("broker", True, f"{where}: login accepted"
-                                  f"{' as ' + m.username if m.username else ''}"))
-        done.set()
-
-    client.on_connect = on_connect
+    where = broker_login.where(settings)
     try:
-        if m.tls:
-            client.tls_set(ca_certs=m.ca_file or None, certfile=m.cert_file or None,
-                           keyfile=m.key_file or None)
-        client.connect(m.host, m.port, keepalive=m.keepalive_s)
-    except (OSError, ValueError) as exc:
-        return Result("broker", False, f"{where}: {_reason(exc)}",
-                      "is the broker running and mqtt.host/port/tls right?")
-    client.loop_start()
-    try:
-        if not done.wait(10):
+        client = broker_login.login(settings, config.mqtt_password(settings), "check",
+                                    f"roomscribe-check-{uuid.uuid4().hex[:8]}")
+    except broker_login.LoginError as exc:
+        if exc.kind == "refused":
+            return Result("broker", False, f"{where}: refused: {exc.reason}",
+                          "check mqtt.username and the password")
+        if exc.kind == "silent":
             return Result("broker", False, f"{where}: no answer within 10 s",
                           "is this an MQTT port?")
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    return outcome[0]
+        return Result("broker", False, f"{where}: {_reason(exc.cause or exc)}",
+                      "is the broker running and mqtt.host/port/tls right?")
+    client.disconnect()
+    client.loop_stop()
+    user = settings.mqtt.username
+    return Result("broker", True, f"{where}: login accepted{' as ' + user if user else ''}")
 
 
 def check_connect(settings: Settings, out: TextIO = sys.stdout) -> int:
