@@ -183,3 +183,20 @@ def test_a_refused_subscription_is_one_line(tmp_path: Path) -> None:
     finally:
         sock.close()
         thread.join(scaled(10))
+
+
+def test_a_port_that_never_answers_is_one_line(tmp_path: Path) -> None:
+    """Something listens but says nothing (not an MQTT port): one line after the
+    login's bounded wait, not a silent wait for ever."""
+    from roomscribe.broker_login import LOGIN_TIMEOUT_S
+
+    sock = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; nobody answers
+    port = sock.getsockname()[1]
+    try:
+        config = tmp_path / "config.toml"
+        config.write_text(f"[mqtt]\nport = {port}\n")
+        line = one_line_error(config)
+        assert line == (f"roomscribe: listen: 127.0.0.1:{port} did not answer within "
+                        f"{LOGIN_TIMEOUT_S:.0f} s"), line
+    finally:
+        sock.close()

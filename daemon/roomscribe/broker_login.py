@@ -1,4 +1,4 @@
-"""The broker connection of the command-line tools (`forget`, `listen`).
+"""The broker login of the command-line tools (`forget`, `listen`, `check --connect`).
 
 The daemon's own connection (publish.py) never gives up. These tools are run by a
 person at a terminal, who wants to know at once that the broker is not there or did
@@ -9,7 +9,7 @@ one line naming the broker.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -18,12 +18,16 @@ from .config import Settings
 from .publish import PublishError
 from .retry import describe
 
+# How long a tool waits for the broker's CONNACK before it says the broker is silent.
+LOGIN_TIMEOUT_S = 10.0
+
 
 class LoginError(PublishError):
     """Why a tool could not log in, in one line; `kind` is "unreachable" (`cause` is
     the socket's error), "silent" or "refused" (`reason` is the broker's)."""
 
-    def __init__(self, message: str, kind: str, reason: str = "",
+    def __init__(self, message: str, kind: Literal["unreachable", "silent", "refused"],
+                 reason: str = "",
                  cause: BaseException | None = None) -> None:
         super().__init__(message)
         self.kind, self.reason, self.cause = kind, reason, cause
@@ -34,7 +38,7 @@ def where(settings: Settings) -> str:
 
 
 def login(settings: Settings, password: str, tool: str, client_id: str,
-          timeout_s: float = 10.0) -> mqtt.Client:
+          timeout_s: float = LOGIN_TIMEOUT_S) -> mqtt.Client:
     """A client connected and accepted, its network loop running; a LoginError (one
     line, no secret) when the broker is unreachable, silent or refuses."""
     m = settings.mqtt

@@ -123,7 +123,8 @@ def check_broker(settings: Settings) -> Result:
             return Result("broker", False, f"{where}: refused: {exc.reason}",
                           "check mqtt.username and the password")
         if exc.kind == "silent":
-            return Result("broker", False, f"{where}: no answer within 10 s",
+            return Result("broker", False, f"{where}: no answer within "
+                          f"{broker_login.LOGIN_TIMEOUT_S:.0f} s",
                           "is this an MQTT port?")
         return Result("broker", False, f"{where}: {_reason(exc.cause or exc)}",
                       "is the broker running and mqtt.host/port/tls right?")
