@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import subprocess
 import sys
 import wave
@@ -21,6 +22,24 @@ REPO = Path(__file__).resolve().parent.parent
 def test_config_toml_is_exactly_the_defaults() -> None:
     loaded = config.load(REPO / "config.toml")
     assert dataclasses.replace(loaded, source_path="") == config.Settings()
+
+
+@pytest.mark.parametrize(("hostname", "device_id"), [
+    ("raspberrypi", "raspberrypi"), ("Kitchen-Pi.local", "kitchen-pi"),
+    ("pi_zero2", "pi_zero2"), ("wohnzimmer.fritz.box", "wohnzimmer"),
+    ("küche", "k-che"), ("...", "roomscribe"), ("", "roomscribe"), ("x" * 80, "x" * 64),
+])
+def test_device_id_defaults_to_the_hostname(hostname: str, device_id: str) -> None:
+    """Two Pis set up from one config must not share an id (one MQTT client id)."""
+    assert config.device_id_from_hostname(hostname) == device_id
+    assert config.DEVICE_ID_RE.match(device_id)
+
+
+def test_an_empty_device_id_is_this_machines_hostname() -> None:
+    here = config.device_id_from_hostname(socket.gethostname())
+    assert config.Settings().device.id == here
+    assert config.parse("[device]\nid = ''").device.id == here
+    assert config.parse("[device]\nid = 'kitchen'").device.id == "kitchen"
 
 
 @pytest.mark.parametrize(("text", "message"), [

@@ -20,7 +20,7 @@ from mqttkit import DEVICE, Subscriber, await_until, settings, transcript, valid
 from roomscribe.config import Settings
 from roomscribe.message import Message
 from roomscribe.outbox import Outbox
-from roomscribe.publish import Publisher, PublishError
+from roomscribe.publish import ClashWatch, Publisher, PublishError
 from timing import scaled
 
 CHILD = Path(__file__).resolve().parent / "publish_child.py"
@@ -345,6 +345,84 @@ def test_wrong_password_is_one_clear_line(password_broker: Broker, tmp_path: Pat
     assert "\n" not in errors[0]
     assert "refused" in errors[0] and str(password_broker.port) in errors[0]
     assert wrong not in caplog.text
+
+
+def test_clash_watch_tells_a_clash_from_an_outage() -> None:
+    watch, t = ClashWatch(), 0.0
+    # A broker restart: a connection that had lasted is lost once, then holds again.
+    watch.connected(t)
+    assert not watch.lost(t + 3600, 128)
+    watch.connected(t + 3602)
+    assert not watch.lost(t + 3603, 128)  # the restarting broker dropped it at once
+    watch.connected(t + 3605)
+    assert not watch.lost(t + 3900, 128)  # then it held
+    # Another client with our id: lost within a second of each login, again and again.
+    for i in range(1, ClashWatch.IN_A_ROW):
+        watch.connected(t + 4000 + 2 * i)
+        assert not watch.lost(t + 4001 + 2 * i, 128)
+    watch.connected(t + 4100)
+    assert watch.lost(t + 4101, 128)
+    # The other one stopped: a connection lasts, and the next loss is an outage again.
+    watch.connected(t + 4102)
+    assert not watch.settled(t + 4103)
+    assert watch.settled(t + 4102 + ClashWatch.SHORT_S)
+    assert not watch.settled(t + 4102 + ClashWatch.SHORT_S + 1)  # said once
+    assert not watch.lost(t + 4102 + ClashWatch.SHORT_S + 1, 128)
+    assert not watch.suspected
+    # MQTT 5 brokers newer than Debian's Mosquitto name it at once: "Session taken over".
+    watch.connected(t + 5000)
+    assert watch.lost(t + 9000, 142)
+
+
+def test_two_daemons_with_one_device_id_are_told_so(broker: Broker, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Two rooms set up alike: the broker drops each whenever the other logs in. Each
+    says why, once, not a warning a second; every transcript still arrives."""
+    caplog.set_level(logging.DEBUG)
+    sub = Subscriber(broker.port)
+    a = settings(tmp_path / "a", broker.port)
+    b = settings(tmp_path / "b", broker.port)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    clash = "keeps dropping this connection right after login"
+
+    def said(text: str) -> int:
+        return sum(text in r.getMessage() for r in caplog.records)
+
+    async def main() -> None:
+        pubs = [Publisher(s, Outbox(Path(s.state.dir) / "outbox.sqlite3")) for s in (a, b)]
+        tasks = [asyncio.create_task(p.run(), name=f"publish-{i}")
+                 for i, p in enumerate(pubs)]
+        try:
+            async with asyncio.timeout(scaled(90)):
+                await await_until(lambda: said(clash) >= 2, 60, "both to name the clash")
+                for i in range(3):
+                    for name, pub in zip("ab", pubs, strict=True):
+                        pub.submit(transcript(f"room {name} sentence {i}"))
+                # More turns of the clash: it is not said again.
+                turns = said("connected to") + 6
+                await await_until(lambda: said("connected to") >= turns, 60, "six turns")
+                await await_until(lambda: len({t["id"] for t in sub.transcripts()}) == 6, 60,
+                                  "every transcript")
+                # The second room gets its own id (stopped here): the first one says so.
+                await pubs[1].close(5.0)
+                await await_until(lambda: said("holds again") == 1, 60, "the clash to end")
+        finally:
+            for pub in pubs:
+                await pub.close(5.0)
+            for task in tasks:
+                task.cancel()
+
+    asyncio.run(main())
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors and all(clash in e for e in errors), errors
+    assert len(errors) == 2, errors  # once each
+    assert "device.id 'dev1'" in errors[0] and "'roomscribe-dev1'" in errors[0]
+    texts = {t["id"]: t["text"] for t in sub.transcripts()}  # at-least-once: by id
+    for name in "ab":
+        assert [x for x in texts.values() if x.startswith(f"room {name}")] == [
+            f"room {name} sentence {i}" for i in range(3)]
+    sub.close()
 
 
 def make_tls_files(d: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import socket
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -25,9 +26,25 @@ class ConfigError(Exception):
     """A user mistake in the configuration: printed as one line, exit status 2."""
 
 
+def host_device_id() -> str:
+    """This machine's hostname as a device.id: two rooms installed alike still differ.
+
+    Why not a fixed default: two daemons with one id share one MQTT client id, and the
+    broker drops each whenever the other logs in (and their topics and Home Assistant
+    entities are one). Only the first label, lower case, other characters as "-".
+    """
+    return device_id_from_hostname(socket.gethostname())
+
+
+def device_id_from_hostname(hostname: str) -> str:
+    label = hostname.split(".", 1)[0].lower()
+    return re.sub(r"[^a-z0-9_-]", "-", label)[:64].strip("-") or "roomscribe"
+
+
 @dataclass(frozen=True)
 class DeviceSettings:
-    id: str = "roomscribe"
+    # "" in a config file means the same: this machine's hostname.
+    id: str = field(default_factory=host_device_id)
     room: str = ""
 
 
@@ -479,6 +496,9 @@ def parse(text: str, where: str = "<config>") -> Settings:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where}: not valid TOML: {exc}") from None
     settings: Settings = _build(Settings, data, where, "")
+    if not settings.device.id:
+        settings = dataclasses.replace(
+            settings, device=dataclasses.replace(settings.device, id=host_device_id()))
     _validate(settings, where)
     return dataclasses.replace(settings, source_path=where)
 

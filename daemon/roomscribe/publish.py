@@ -60,6 +60,47 @@ def check_tls(settings: Settings) -> None:
             f"key_file={m.key_file!r}): {getattr(exc, 'strerror', None) or exc}") from None
 
 
+# MQTT 5's DISCONNECT reason "Session taken over" (Mosquitto 2.0.11 sends none).
+_TAKEN_OVER = 142
+
+
+class ClashWatch:
+    """Tells another client with our client id from an outage (no I/O: times in).
+
+    A broker drops the older of two clients with one client id whenever the other
+    logs in, so two daemons with one device.id take the connection in turn, each
+    holding it for about `reconnect_min_s`. An outage or a broker restart drops a
+    connection that had lasted; this drops, again and again, one just made.
+    """
+
+    SHORT_S = 10.0  # a connection lost sooner than this after its login
+    IN_A_ROW = 3  # ... this many times running: a broker restart is once
+
+    def __init__(self) -> None:
+        self._since: float | None = None
+        self._short = 0
+        self.suspected = False
+
+    def connected(self, now: float) -> None:
+        self._since = now
+
+    def lost(self, now: float, reason_code: int) -> bool:
+        """True when this loss, with those before it, looks like a clash."""
+        short = self._since is not None and now - self._since < self.SHORT_S
+        self._since = None
+        self._short = self._short + 1 if short else 0
+        self.suspected = reason_code == _TAKEN_OVER or self._short >= self.IN_A_ROW
+        return self.suspected
+
+    def settled(self, now: float) -> bool:
+        """True once when a suspected clash is over: a connection has lasted."""
+        if not self.suspected or self._since is None or now - self._since < self.SHORT_S:
+            return False
+        self.suspected = False
+        self._short = 0
+        return True
+
+
 class Publisher:
     def __init__(self, settings: Settings, outbox: Outbox, password: str = "") -> None:
         self._settings = settings
@@ -84,6 +125,7 @@ class Publisher:
         self._expired = 0
         self._last_logged = ""
         self.last_error = ""
+        self._clash = ClashWatch()
         self._connect_hooks: list[Callable[[], Iterable[Message]]] = []
         # Replaced, never mutated: paho's thread reads it in on_connect.
         self._subscriptions: tuple[tuple[str, Callable[[str, bytes], None]], ...] = ()
@@ -145,7 +187,7 @@ class Publisher:
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode,
                        _p: Any) -> None:
-        self._call(self._down, str(rc))
+        self._call(self._down, str(rc), rc.value)
 
     def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
         self._call(self._acked, mid, rc)
@@ -167,8 +209,13 @@ class Publisher:
 
     def _up(self) -> None:
         self._connected = True
-        self._last_logged = ""
-        log.info("mqtt: connected to %s (MQTT %s)", self._where, self._m.protocol)
+        self._clash.connected(time.monotonic())
+        if self._clash.suspected:
+            # Once a second while the clash lasts: said once, in _down.
+            log.debug("mqtt: connected to %s again", self._where)
+        else:
+            self._last_logged = ""
+            log.info("mqtt: connected to %s (MQTT %s)", self._where, self._m.protocol)
         self._state.force()
         for hook in self._connect_hooks:
             for msg in hook():
@@ -180,10 +227,17 @@ class Publisher:
             if mqtt.topic_matches_sub(pattern, topic):
                 handler(topic, body)
 
-    def _down(self, reason: str) -> None:
+    def _down(self, reason: str, code: int) -> None:
         was = self._connected
         self._connected = False
-        if was and not self._closing:
+        if was and not self._closing and self._clash.lost(time.monotonic(), code):
+            client_id = self._m.client_id or f"roomscribe-{self._settings.device.id}"
+            self._error(
+                f"mqtt: {self._where} keeps dropping this connection right after login: "
+                f"another client logs in as {client_id!r}, most likely a "
+                f"second roomscribe with device.id {self._settings.device.id!r}; give "
+                "each microphone its own device.id (reconnecting)")
+        elif was and not self._closing:
             self._error(f"mqtt: connection to {self._where} lost: {reason} (reconnecting)",
                         logging.WARNING)
 
@@ -291,6 +345,9 @@ class Publisher:
         self._client.connect_async(self._m.host, self._m.port, keepalive=self._m.keepalive_s)
         self._client.loop_start()
         while not self._closing:
+            if self._clash.settled(time.monotonic()):
+                log.info("mqtt: the connection to %s holds again", self._where)
+                self._last_logged = ""
             self._fill()
             self._publish_state()
             await self._wait_wake(1.0)
