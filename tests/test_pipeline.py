@@ -196,15 +196,17 @@ def _outbox_ids(path: Path) -> list[str]:
             return []
 
 
+# SIGHUP: the terminal or ssh session that started `roomscribe run` closed.
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
 def test_sigterm_mid_sentence_still_publishes_it(tmp_path: Path, broker: Broker,
-                                                 server: int) -> None:
+                                                 server: int, sig: int) -> None:
     room = make_room(tmp_path / "room.wav", CLIPS[:1], gap_s=1.0)
     sub = Subscriber(broker.port)
     daemon = run_file_daemon(tmp_path, room, server, broker)
     try:
         # stop 6 s into JFK's 11 s sentence: what was said so far must arrive
         time.sleep(room.spans[0][0] + 6 + 1.0)
-        daemon.signal(signal.SIGTERM)
+        daemon.signal(sig)
         assert daemon.wait(30) == 0
         wait(lambda: bool(sub.texts()), timeout_s=10, what="the last transcript")
     finally:

@@ -186,7 +186,9 @@ async def serve_forever(settings: Settings) -> int:
     """Run until stopped; the exit status (non-zero: audio was left untranscribed)."""
     daemon = Daemon(settings)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # SIGHUP too: a terminal or ssh session that closes must not cost the sentence
+    # being said (under systemd, Restart=always then makes it a reload).
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, daemon.request_stop)
     await daemon.run()
     return daemon.exit_status

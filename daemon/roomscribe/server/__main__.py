@@ -1,4 +1,5 @@
-"""`roomscribe serve` / `python -m roomscribe.server`: listen until SIGTERM or SIGINT."""
+"""`roomscribe serve` / `python -m roomscribe.server`: listen until SIGTERM, SIGINT or
+SIGHUP (its terminal closed)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ async def serve_until_signal(server: ServerSettings) -> None:
                               workers=server.workers)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
     async with running(server, transcriber.transcribe) as srv:
         log.info("listening on ws://%s:%d/v1/realtime (model %s)", server.host, srv.port,
