@@ -217,9 +217,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-USER_ERRORS = (ConfigError, OutboxError, PublishError, CaptureError)
-
-
 def _user_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
     """The first error of a TaskGroup's failure when every one in it is a user mistake
     (e.g. a capture file that went away between `check` and `run`); else None."""
