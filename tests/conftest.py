@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.util
 import os
@@ -154,3 +155,36 @@ def assert_heard(texts: list[str], references: list[str], min_ratio: float = 0.8
     ratio = difflib.SequenceMatcher(a=said, b=heard, autojunk=False).ratio()
     assert ratio >= min_ratio, f"heard {heard}\nsaid  {said}\nratio {ratio:.2f}"
     assert len(heard) <= len(said) * 1.15 + 2, f"more words than said: {heard}"
+
+
+class SmallDisk:
+    """A real, small file system (tmpfs) that can be filled to the last byte."""
+
+    def __init__(self, where: Path) -> None:
+        self.path = where
+        where.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(where)],
+                              capture_output=True, timeout=scaled(10))
+        if done.returncode != 0:
+            pytest.skip("mounting a small tmpfs needs root (CAP_SYS_ADMIN): "
+                        + done.stderr.decode(errors="replace").strip())
+
+    def fill(self) -> None:
+        # ENOSPC ends it: the disk is full.
+        with (self.path / "fill").open("wb", buffering=0) as fh, contextlib.suppress(OSError):
+            while fh.write(b"\0" * 4096):
+                pass
+
+    def free(self) -> None:
+        (self.path / "fill").unlink()
+
+    def unmount(self) -> None:
+        subprocess.run(["umount", "-l", str(self.path)], capture_output=True,
+                       timeout=scaled(10))
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    disk = SmallDisk(tmp_path / "disk")
+    yield disk
+    disk.unmount()

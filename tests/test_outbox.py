@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SmallDisk
 from mqttkit import DEVICE, ROOM, transcript, validate
 from roomscribe.outbox import Outbox, OutboxError
 from timing import scaled
@@ -107,4 +108,51 @@ def test_published_total_survives_a_restart_and_counts_each_entry_once(tmp_path:
     assert box.published == 1
     box.ack(second.id, delivered=True)
     assert box.published == 2 and len(box) == 0
+    box.close()
+
+
+def test_a_full_disk_keeps_transcripts_in_memory_then_writes_again(
+        small_disk: SmallDisk) -> None:
+    """An SD card full of logs must not cost a sentence while the broker can take it."""
+    box = Outbox(small_disk.path / "outbox.sqlite3")
+    first = box.add(transcript("before"), device=DEVICE)
+    small_disk.fill()
+    held = [box.add(transcript(f"while full {i}"), device=DEVICE) for i in range(3)]
+    assert [e.durable for e in [first, *held]] == [True, False, False, False]
+    assert "database or disk is full" in box.write_error
+    assert str(small_disk.path / "outbox.sqlite3") in box.write_error
+    assert [e.seq for e in box.pending()] == [1, 2, 3, 4]
+    assert [e.seq for e in box.pending(after_seq=1, limit=2)] == [2, 3]
+    assert len(box) == 4
+    box.ack(held[0].id, delivered=True)
+    assert [e.seq for e in box.pending()] == [1, 3, 4]
+    small_disk.free()
+    after = box.add(transcript("after"), device=DEVICE)
+    assert (after.durable, after.seq, box.write_error) == (True, 5, "")
+    assert [validate("transcript", e.payload)["text"] for e in box.pending()] == [
+        "before", "while full 1", "while full 2", "after"]
+    assert box.published == 1
+    box.close()
+
+
+def test_a_disk_full_at_start_runs_from_memory_with_what_the_file_holds(
+        small_disk: SmallDisk) -> None:
+    path = small_disk.path / "outbox.sqlite3"
+    box = Outbox(path)
+    kept = [box.add(transcript(f"pending {i}"), device=DEVICE) for i in range(2)]
+    box.close()
+    small_disk.fill()
+    box = Outbox(path)  # used to be an error: the daemon exited, and again, forever
+    assert "the disk is full" in box.write_error and str(path) in box.write_error
+    assert box.pending() == kept
+    new = box.add(transcript("said now"), device=DEVICE)
+    assert (new.durable, new.seq) == (False, 3)
+    for e in box.pending():
+        box.ack(e.id, delivered=True)
+    assert len(box) == 0
+    box.close()
+    small_disk.free()
+    # The file was left as it was: what it held is sent again (same ids: deduped).
+    box = Outbox(path)
+    assert box.pending() == kept and box.write_error == ""
     box.close()

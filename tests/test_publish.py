@@ -15,7 +15,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from conftest import Broker, start_broker
+from conftest import Broker, SmallDisk, start_broker
 from mqttkit import DEVICE, Subscriber, await_until, settings, transcript, validate, wait
 from roomscribe.config import Settings
 from roomscribe.message import Message
@@ -422,6 +422,36 @@ def test_two_daemons_with_one_device_id_are_told_so(broker: Broker, tmp_path: Pa
     for name in "ab":
         assert [x for x in texts.values() if x.startswith(f"room {name}")] == [
             f"room {name} sentence {i}" for i in range(3)]
+    sub.close()
+
+
+def test_a_full_disk_loses_no_transcript_and_says_so_once(
+        broker: Broker, small_disk: SmallDisk, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    sub = Subscriber(broker.port)
+    s = settings(small_disk.path, broker.port)
+    full = "cannot write to outbox: database or disk is full"
+
+    async def body(pub: Publisher, outbox: Outbox) -> None:
+        await await_until(lambda: pub.connected, what="connect")
+        pub.submit(transcript("said before"))
+        await asyncio.to_thread(small_disk.fill)
+        for i in range(3):
+            pub.submit(transcript(f"said while the disk is full {i}"))
+        await await_until(lambda: len(sub.texts()) == 4, what="the transcripts")
+        await asyncio.to_thread(small_disk.free)
+        pub.submit(transcript("said after"))
+        await await_until(lambda: len(sub.texts()) == 5, what="the last transcript")
+        await await_until(lambda: len(outbox) == 0, what="outbox drained")
+
+    run_with_publisher(s, body).close()
+    assert sub.texts() == ["said before", *[f"said while the disk is full {i}"
+                                            for i in range(3)], "said after"]
+    assert [t["seq"] for t in sub.transcripts()] == [1, 2, 3, 4, 5]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and full in errors[0] and "held in memory" in errors[0], errors
+    assert "writing to the outbox again" in caplog.text
     sub.close()
 
 

@@ -71,8 +71,6 @@ class Integrations:
         # Triggers and Hermes see the same (cut) text as the transcript subscribers.
         t = payload.capped(t, self.settings.mqtt.transcript_max_chars)
         entry_id = self.publisher.submit(t)
-        if entry_id is None:
-            return
         s = self.settings
         age_s = time.time() - t.captured_end
         if age_s > s.mqtt.trigger_max_age_s:

@@ -126,6 +126,8 @@ class Publisher:
         self._last_logged = ""
         self.last_error = ""
         self._clash = ClashWatch()
+        if outbox.write_error:
+            self._error(outbox.write_error)
         self._connect_hooks: list[Callable[[], Iterable[Message]]] = []
         # Replaced, never mutated: paho's thread reads it in on_connect.
         self._subscriptions: tuple[tuple[str, Callable[[str, bytes], None]], ...] = ()
@@ -352,20 +354,19 @@ class Publisher:
             self._publish_state()
             await self._wait_wake(1.0)
 
-    def submit(self, t: Transcript) -> str | None:
-        """Store durably in the outbox, then wake the sender; no network wait.
-
-        Returns the transcript's id (the dedupe key), or None if it could not be stored.
-        """
+    def submit(self, t: Transcript) -> str:
+        """Store durably in the outbox (in memory if the disk refuses), then wake the
+        sender; no network wait. Returns the transcript's id (the dedupe key)."""
         t = payload.capped(t, self._m.transcript_max_chars)
         # The final supersedes any partial still waiting for its turn.
         self._partials.drop()
-        try:
-            entry = self._outbox.add(t, device=self._settings.device.id,
-                                     room=self._settings.device.room)
-        except OutboxError as exc:
-            self._error(str(exc))
-            return None
+        was_refused = bool(self._outbox.write_error)
+        entry = self._outbox.add(t, device=self._settings.device.id,
+                                 room=self._settings.device.room)
+        if not entry.durable:
+            self._error(self._outbox.write_error)
+        elif was_refused:
+            log.info("%s: writing to the outbox again", self._outbox.path)
         # Hand it to paho now rather than on the sender task's next turn: this is the
         # latency a voice trigger feels.
         self._fill()
