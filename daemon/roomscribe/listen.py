@@ -9,6 +9,7 @@ import json
 import sys
 import threading
 import uuid
+from collections import OrderedDict
 from datetime import datetime
 from typing import Any, TextIO
 
@@ -18,15 +19,21 @@ from . import broker_login
 from .config import Settings
 from .publish import PublishError
 
+# Ids of transcripts printed, to print one the daemon or broker sends again (delivery
+# is at-least-once) only once. Bound: 4096 ids x ~100 bytes = ~0.4 MB.
+SEEN_IDS_MAX = 4096
 
-def format_transcript(payload: bytes) -> str:
+
+def read_transcript(payload: bytes) -> tuple[str, str]:
+    """(its id, "" if none; the line to print)."""
     try:
         data = json.loads(payload)
         start = datetime.fromisoformat(str(data["start"]).replace("Z", "+00:00"))
         flag = " (replayed)" if data.get("replayed") else ""
-        return f"[{start.astimezone():%H:%M:%S}] {data['device']}: {data['text']}{flag}"
-    except (ValueError, KeyError, TypeError):
-        return f"(unreadable transcript payload: {payload[:80]!r})"
+        return (str(data.get("id") or ""),
+                f"[{start.astimezone():%H:%M:%S}] {data['device']}: {data['text']}{flag}")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return "", f"(unreadable transcript payload: {payload[:80]!r})"
 
 
 def listen(settings: Settings, password: str, out: TextIO = sys.stdout,
@@ -42,6 +49,7 @@ def listen(settings: Settings, password: str, out: TextIO = sys.stdout,
     problem: list[str] = []
     subscribed = 0
     seen = 0
+    printed: OrderedDict[str, None] = OrderedDict()
 
     def say(line: str) -> None:
         print(f"listen: {line}", file=err, flush=True)
@@ -72,7 +80,14 @@ def listen(settings: Settings, password: str, out: TextIO = sys.stdout,
 
     def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         nonlocal seen
-        print(format_transcript(bytes(msg.payload)), file=out, flush=True)
+        entry_id, line = read_transcript(bytes(msg.payload))
+        if entry_id:
+            if entry_id in printed:
+                return
+            printed[entry_id] = None
+            if len(printed) > SEEN_IDS_MAX:
+                printed.popitem(last=False)
+        print(line, file=out, flush=True)
         seen += 1
         if count is not None and seen >= count:
             done.set()
