@@ -232,6 +232,23 @@ def test_level_meters_real_speech_and_a_sine_of_known_level(tmp_path: Path) -> N
                for rms, peak in readings), done.stdout
 
 
+def test_level_on_a_mic_that_is_not_there_says_so_and_exits(tmp_path: Path) -> None:
+    """It used to log "retrying in 1 s" once and then sit there, --seconds or not."""
+    conf = tmp_path / "asound.conf"
+    conf.write_text("</usr/share/alsa/alsa.conf>\n"
+                    'pcm.gonemic {\n type file\n slave.pcm "null"\n file "/dev/null"\n'
+                    f' infile "{tmp_path / "unplugged" / "in.raw"}"\n format "raw"\n}}\n')
+    config = tmp_path / "level.toml"
+    config.write_text('[capture]\ndevice = "gonemic"\n')
+    done = run_cli("level", "--seconds", "2", "--config", str(config),
+                   env=clean_env(ALSA_CONFIG_PATH=str(conf)), timeout_s=30)
+    assert done.returncode == 2, done.stdout + done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("roomscribe: level: capture.device 'gonemic': "), done.stderr
+    assert "roomscribe devices" in last and "Traceback" not in done.stderr
+    assert not done.stdout
+
+
 # -- devices ---------------------------------------------------------------------------
 
 

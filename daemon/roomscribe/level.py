@@ -8,19 +8,24 @@ a down-mix can hide).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import sys
 import time
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import TextIO
 
 import numpy as np
 
-from .capture import CaptureStats, frames
+from .audio import Frame
+from .capture import CaptureError, CaptureStats, frames
 from .config import CaptureSettings
 
 FLOOR_DBFS = -120.0
+# A device that has delivered nothing by then is reported, not waited for.
+FIRST_AUDIO_S = 3.0
 _FULL_SCALE = 32768.0
 _CLIP_AT = 32767  # |sample| at or above this is clipped (-32768 included)
 _BAR_WIDTH = 30
@@ -78,6 +83,30 @@ def format_level(level: Level) -> str:
             f"[{bar}]{clip}")
 
 
+async def _soon(source: AsyncGenerator[Frame, None], settings: CaptureSettings,
+                stats: CaptureStats) -> AsyncGenerator[Frame, None]:
+    """The source's frames; a CaptureError (one line) if the first does not come soon.
+
+    Why: the capture stage retries a missing device forever, as the daemon must. Here
+    a user watches a meter that would sit still under a line that says "retrying".
+    """
+    try:
+        async with asyncio.timeout(FIRST_AUDIO_S):
+            first = await anext(source)
+    except TimeoutError:
+        what = "stdin" if settings.source == "stdin" else (
+            f"capture.file {settings.file!r}" if settings.source == "file"
+            else f"capture.device {settings.device!r}")
+        why = stats.last_error or f"{what}: no audio within {FIRST_AUDIO_S:.0f} s"
+        raise CaptureError(f"level: {why} (is the mic plugged in, and is it the right "
+                           "capture.device? `roomscribe devices` lists them)") from None
+    except StopAsyncIteration:
+        return
+    yield first
+    async for frame in source:
+        yield frame
+
+
 async def run_level(settings: CaptureSettings, out: TextIO = sys.stdout,
                     duration_s: float | None = None, interval_s: float = 0.2) -> None:
     """Print the level until `duration_s` has been captured (None: until cancelled)."""
@@ -93,8 +122,9 @@ async def run_level(settings: CaptureSettings, out: TextIO = sys.stdout,
         out.flush()
 
     try:
-        async with contextlib.aclosing(frames(settings, stats)) as source:
-            async for frame in source:
+        async with (contextlib.aclosing(frames(settings, stats)) as source,
+                    contextlib.aclosing(_soon(source, settings, stats)) as soon):
+            async for frame in soon:
                 meter.add(frame.pcm)
                 captured += frame.samples
                 done = duration_s is not None and captured >= duration_s * 16000
