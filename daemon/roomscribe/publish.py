@@ -60,8 +60,10 @@ def check_tls(settings: Settings) -> None:
             f"key_file={m.key_file!r}): {getattr(exc, 'strerror', None) or exc}") from None
 
 
-# MQTT 5's DISCONNECT reason "Session taken over" (Mosquitto 2.0.11 sends none).
+# MQTT 5's DISCONNECT reason "Session taken over" (Mosquitto 2.0.11 sends none), and
+# what paho reports for a connection closed without a DISCONNECT (or 3.1.1's).
 _TAKEN_OVER = 142
+_UNSPECIFIED = 128
 
 
 class ClashWatch:
@@ -88,7 +90,9 @@ class ClashWatch:
         """True when this loss, with those before it, looks like a clash."""
         short = self._since is not None and now - self._since < self.SHORT_S
         self._since = None
-        self._short = self._short + 1 if short else 0
+        # Only a connection dropped without a word (paho's "Unspecified error") counts:
+        # a broker that gives a reason (an ACL, a packet too large) has said what it is.
+        self._short = self._short + 1 if short and reason_code == _UNSPECIFIED else 0
         self.suspected = reason_code == _TAKEN_OVER or self._short >= self.IN_A_ROW
         return self.suspected
 
