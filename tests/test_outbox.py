@@ -123,9 +123,10 @@ def test_a_full_disk_keeps_transcripts_in_memory_then_writes_again(
     assert str(small_disk.path / "outbox.sqlite3") in box.write_error
     assert [e.seq for e in box.pending()] == [1, 2, 3, 4]
     assert [e.seq for e in box.pending(after_seq=1, limit=2)] == [2, 3]
-    assert len(box) == 4
+    assert (len(box), box.unsaved) == (4, 3)
     box.ack(held[0].id, delivered=True)
     assert [e.seq for e in box.pending()] == [1, 3, 4]
+    assert box.unsaved == 2
     small_disk.free()
     after = box.add(transcript("after"), device=DEVICE)
     assert (after.durable, after.seq, box.write_error) == (True, 5, "")
@@ -145,8 +146,9 @@ def test_a_disk_full_at_start_runs_from_memory_with_what_the_file_holds(
     box = Outbox(path)  # used to be an error: the daemon exited, and again, forever
     assert "the disk is full" in box.write_error and str(path) in box.write_error
     assert box.pending() == kept
+    assert box.unsaved == 0  # what the file holds stays there
     new = box.add(transcript("said now"), device=DEVICE)
-    assert (new.durable, new.seq) == (False, 3)
+    assert (new.durable, new.seq, box.unsaved) == (False, 3, 1)
     for e in box.pending():
         box.ack(e.id, delivered=True)
     assert len(box) == 0

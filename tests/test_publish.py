@@ -450,13 +450,20 @@ def test_a_full_disk_loses_no_transcript_and_says_so_once(
         pub.submit(transcript("said after"))
         await await_until(lambda: len(sub.texts()) == 5, what="the last transcript")
         await await_until(lambda: len(outbox) == 0, what="outbox drained")
+        # Full again with the broker away: a stop now loses that one, and says so.
+        await asyncio.to_thread(small_disk.fill)
+        await asyncio.to_thread(broker.stop)
+        await await_until(lambda: not pub.connected, what="disconnect noticed")
+        pub.submit(transcript("said with nowhere to go"))
 
     run_with_publisher(s, body).close()
+    assert "1 transcript(s) held in memory (the disk refused them) are lost with this stop" \
+        in caplog.text
     assert sub.texts() == ["said before", *[f"said while the disk is full {i}"
                                             for i in range(3)], "said after"]
     assert [t["seq"] for t in sub.transcripts()] == [1, 2, 3, 4, 5]
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert len(errors) == 1 and full in errors[0] and "held in memory" in errors[0], errors
+    assert len(errors) == 2 and all(full in e and "held in memory" in e for e in errors), errors
     assert "writing to the outbox again" in caplog.text
     sub.close()
 

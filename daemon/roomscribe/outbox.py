@@ -107,6 +107,7 @@ class Outbox:
         self._last_seq = 0
         self.write_error = ""  # why the last add() could not write, "" when it could
         self._volatile = False  # the whole outbox is in memory: the disk was full
+        self._file_seq = 0  # ... and the file it started from held seq up to this
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             _make_private(self.path)
@@ -144,7 +145,7 @@ class Outbox:
             self._db.execute("INSERT INTO entries SELECT * FROM disk.entries")
             self._db.execute("INSERT OR REPLACE INTO meta SELECT * FROM disk.meta")
         self.max_entries = min(self.max_entries, SPILL_MAX_ENTRIES)
-        self._last_seq = self._meta("next_seq") - 1
+        self._last_seq = self._file_seq = self._meta("next_seq") - 1
 
     def _fail(self, what: str, exc: sqlite3.Error) -> OutboxError:
         return OutboxError(f"{self.path}: cannot {what} outbox: {exc}")
@@ -167,6 +168,15 @@ class Outbox:
     def published(self) -> int:
         """Entries the broker acknowledged, over the database's lifetime."""
         return self._meta("published") + self._spill_published
+
+    @property
+    def unsaved(self) -> int:
+        """Entries held only in memory because the disk refused them: a stop loses them."""
+        held = len(self._spill)
+        if self._volatile:
+            held += int(self._db.execute("SELECT count(*) FROM entries WHERE seq > ?",
+                                         (self._file_seq,)).fetchone()[0])
+        return held
 
     def __len__(self) -> int:
         rows = int(self._db.execute("SELECT count(*) FROM entries").fetchone()[0])

@@ -371,6 +371,7 @@ class Publisher:
             self._error(self._outbox.write_error)
         elif was_refused:
             log.info("%s: writing to the outbox again", self._outbox.path)
+            self._last_logged = ""  # the next time the disk fills is news again
         # Hand it to paho now rather than on the sender task's next turn: this is the
         # latency a voice trigger feels.
         self._fill()
@@ -456,6 +457,10 @@ class Publisher:
         if self._inflight:
             log.warning("mqtt: %d transcript(s) not acknowledged at shutdown; "
                         "they stay in the outbox", len(self._inflight))
+        with contextlib.suppress(sqlite3.Error):
+            if unsaved := self._outbox.unsaved:
+                log.warning("%s: %d transcript(s) held in memory (the disk refused them) "
+                            "are lost with this stop", self._outbox.path, unsaved)
         if self._connected:
             # The last state (what a stop left untranscribed, say) goes before "offline".
             self._state.force()
