@@ -402,6 +402,7 @@ def test_two_daemons_with_one_device_id_are_told_so(broker: Broker, tmp_path: Pa
         try:
             async with asyncio.timeout(scaled(90)):
                 await await_until(lambda: said(clash) >= 2, 60, "both to name the clash")
+                assert all(clash in p.trouble for p in pubs)
                 for i in range(3):
                     for name, pub in zip("ab", pubs, strict=True):
                         pub.submit(transcript(f"room {name} sentence {i}"))
@@ -413,6 +414,7 @@ def test_two_daemons_with_one_device_id_are_told_so(broker: Broker, tmp_path: Pa
                 # The second room gets its own id (stopped here): the first one says so.
                 await pubs[1].close(5.0)
                 await await_until(lambda: said("holds again") == 1, 60, "the clash to end")
+                assert pubs[0].trouble == ""
         finally:
             for pub in pubs:
                 await pub.close(5.0)
@@ -446,8 +448,10 @@ def test_a_full_disk_loses_no_transcript_and_says_so_once(
         for i in range(3):
             pub.submit(transcript(f"said while the disk is full {i}"))
         await await_until(lambda: len(sub.texts()) == 4, what="the transcripts")
+        assert full in pub.trouble  # the state's last_error says it while it lasts
         await asyncio.to_thread(small_disk.free)
         pub.submit(transcript("said after"))
+        assert pub.trouble == ""
         await await_until(lambda: len(sub.texts()) == 5, what="the last transcript")
         await await_until(lambda: len(outbox) == 0, what="outbox drained")
         # Full again with the broker away: a stop now loses that one, and says so.

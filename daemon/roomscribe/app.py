@@ -86,7 +86,7 @@ class Daemon:
 
     def _report(self) -> None:
         ring, cap, up = self.ring, self.capture_stats, self.uplink
-        last_error = up.last_error or cap.last_error
+        last_error = up.last_error or cap.last_error or self.publisher.trouble
         status = self._status()
         self.publisher.update_state(
             status=status,

@@ -130,11 +130,19 @@ class Publisher:
         self._last_logged = ""
         self.last_error = ""
         self._clash = ClashWatch()
+        self._clash_text = ""
         if outbox.write_error:
             self._error(outbox.write_error)
         self._connect_hooks: list[Callable[[], Iterable[Message]]] = []
         # Replaced, never mutated: paho's thread reads it in on_connect.
         self._subscriptions: tuple[tuple[str, Callable[[str, bytes], None]], ...] = ()
+
+    @property
+    def trouble(self) -> str:
+        """A problem on this side that lasts while transcripts still flow, for the
+        state's last_error: another client with our id, or a disk that refuses the
+        outbox. "" when there is none."""
+        return self._clash_text if self._clash.suspected else self._outbox.write_error
 
     def _make_client(self, password: str) -> mqtt.Client:
         m, s = self._m, self._settings
@@ -238,11 +246,12 @@ class Publisher:
         self._connected = False
         if was and not self._closing and self._clash.lost(time.monotonic(), code):
             client_id = self._m.client_id or f"roomscribe-{self._settings.device.id}"
-            self._error(
+            self._clash_text = (
                 f"mqtt: {self._where} keeps dropping this connection right after login: "
                 f"another client logs in as {client_id!r}, most likely a "
                 f"second roomscribe with device.id {self._settings.device.id!r}; give "
                 "each microphone its own device.id (reconnecting)")
+            self._error(self._clash_text)
         elif was and not self._closing:
             self._error(f"mqtt: connection to {self._where} lost: {reason} (reconnecting)",
                         logging.WARNING)
