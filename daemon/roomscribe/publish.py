@@ -246,11 +246,13 @@ class Publisher:
         self._connected = False
         if was and not self._closing and self._clash.lost(time.monotonic(), code):
             client_id = self._m.client_id or f"roomscribe-{self._settings.device.id}"
+            key, value = (("mqtt.client_id", client_id) if self._m.client_id
+                          else ("device.id", self._settings.device.id))
             self._clash_text = (
                 f"mqtt: {self._where} keeps dropping this connection right after login: "
-                f"another client logs in as {client_id!r}, most likely a "
-                f"second roomscribe with device.id {self._settings.device.id!r}; give "
-                "each microphone its own device.id (reconnecting)")
+                f"another client logs in as {client_id!r}, most likely a second "
+                f"roomscribe with {key} {value!r}; give each microphone its own {key} "
+                "(reconnecting)")
             self._error(self._clash_text)
         elif was and not self._closing:
             self._error(f"mqtt: connection to {self._where} lost: {reason} (reconnecting)",
