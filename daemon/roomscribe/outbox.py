@@ -2,8 +2,8 @@
 
 A transcript is written here, committed with WAL and synchronous=FULL, before anything
 is sent, and deleted only when the broker's PUBACK for it arrives. So a SIGKILL or a
-power cut at any point loses nothing that add() returned durable; the worst case is a crash
-between PUBACK and delete, after which the same payload (same id) is sent again:
+power cut at any point loses nothing that add() returned durable; the worst case is a
+crash between PUBACK and delete, after which the same payload (same id) is sent again:
 at-least-once on the wire, exactly-once for a subscriber that dedupes by id.
 
 The id, seq and JSON payload are fixed at add() time. seq comes from a counter kept in
@@ -178,12 +178,15 @@ class Outbox:
                                          (self._file_seq,)).fetchone()[0])
         return held
 
+    def _rows(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM entries").fetchone()[0])
+
     def __len__(self) -> int:
-        rows = int(self._db.execute("SELECT count(*) FROM entries").fetchone()[0])
-        return rows + len(self._spill)
+        return self._rows() + len(self._spill)
 
     def add(self, t: Transcript, *, device: str, room: str = "") -> OutboxEntry:
-        """Store the transcript's final payload durably; returns once it is on disk."""
+        """Store the transcript's final payload durably; returns once it is on disk, or
+        in memory (`durable` False) when the disk refuses it."""
         entry_id = str(uuid.uuid4())
         seq = self._last_seq + 1
         payload = b""
@@ -193,7 +196,7 @@ class Outbox:
                 seq = self.next_seq
                 payload = transcript_payload(t, entry_id=entry_id, seq=seq, device=device,
                                              room=room, published=time.time())
-                over = len(self) - self.max_entries + 1
+                over = self._rows() - self.max_entries + 1
                 if over > 0:
                     self._db.execute("DELETE FROM entries WHERE seq IN "
                                      "(SELECT seq FROM entries ORDER BY seq LIMIT ?)", (over,))
