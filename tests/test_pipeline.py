@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Broker, assert_heard
+from conftest import Broker, SmallDisk, assert_heard
 from mqttkit import Subscriber, wait
+from roomscribe.outbox import Outbox
 from stack import CLIPS, Proc, Room, daemon_config, make_room, start_daemon, start_server
 from timing import scaled
 
@@ -182,6 +183,29 @@ def test_daemon_killed_during_broker_outage_delivers_after_restart(
     assert [t["id"] for t in transcripts] == stored
     assert "fellow americans" in " ".join(t["text"] for t in transcripts).lower()
     assert _outbox_ids(outbox) == []
+
+
+def test_a_disk_full_at_start_loses_no_sentence(tmp_path: Path, broker: Broker,
+                                                server: int, small_disk: SmallDisk) -> None:
+    """The SD card filled up (logs) while the daemon was down: it starts anyway, and
+    every sentence arrives. Before, the outbox could not open: exit 2, and again."""
+    room = make_room(tmp_path / "room.wav", CLIPS[:2], gap_s=1.5, tail_s=3)
+    config = daemon_config(tmp_path, server_port=server, broker_port=broker.port,
+                           wav=room.path, realtime=True)
+    state = small_disk.path / "state"
+    config.write_text(config.read_text().replace(str(tmp_path / "state-test"), str(state)))
+    state.mkdir(mode=0o700)
+    Outbox(state / "outbox.sqlite3").close()  # it ran here before
+    small_disk.fill()
+    sub = Subscriber(broker.port)
+    daemon = start_daemon(tmp_path, config)
+    try:
+        assert daemon.wait(90) == 0, daemon.output()[-2000:]  # the file ends: exit 0
+    finally:
+        daemon.stop()
+        sub.close()
+    assert_heard(sub.texts(), room.references)
+    assert "(the disk is full); transcripts are held in memory" in daemon.output()
 
 
 def _outbox_ids(path: Path) -> list[str]:

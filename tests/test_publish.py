@@ -460,7 +460,15 @@ def test_a_full_disk_loses_no_transcript_and_says_so_once(
         await await_until(lambda: not pub.connected, what="disconnect noticed")
         pub.submit(transcript("said with nowhere to go"))
 
-    run_with_publisher(s, body).close()
+    lost: list[int] = []
+
+    async def body_and_close(pub: Publisher, outbox: Outbox) -> None:
+        await body(pub, outbox)
+        await pub.close(5.0)
+        lost.append(pub.lost_at_close)
+
+    run_with_publisher(s, body_and_close).close()
+    assert lost == [1]
     assert "1 transcript(s) held in memory (the disk refused them) are lost with this stop" \
         in caplog.text
     assert sub.texts() == ["said before", *[f"said while the disk is full {i}"

@@ -177,6 +177,8 @@ class Daemon:
             self._account_unflushed()
             self._report()
             await self.publisher.close(SHUTDOWN_PUBLISH_S)
+            if self.publisher.lost_at_close:
+                self.exit_status = 1  # as for audio left untranscribed
             publish.cancel()
             for task in helpers:
                 task.cancel()

@@ -131,6 +131,7 @@ class Publisher:
         self.last_error = ""
         self._clash = ClashWatch()
         self._clash_text = ""
+        self.lost_at_close = 0  # transcripts only in memory when close() gave up
         if outbox.write_error:
             self._error(outbox.write_error)
         self._connect_hooks: list[Callable[[], Iterable[Message]]] = []
@@ -469,9 +470,10 @@ class Publisher:
             log.warning("mqtt: %d transcript(s) not acknowledged at shutdown; "
                         "they stay in the outbox", len(self._inflight))
         with contextlib.suppress(sqlite3.Error):
-            if unsaved := self._outbox.unsaved:
-                log.warning("%s: %d transcript(s) held in memory (the disk refused them) "
-                            "are lost with this stop", self._outbox.path, unsaved)
+            self.lost_at_close = self._outbox.unsaved
+        if self.lost_at_close:
+            log.warning("%s: %d transcript(s) held in memory (the disk refused them) "
+                        "are lost with this stop", self._outbox.path, self.lost_at_close)
         if self._connected:
             # The last state (what a stop left untranscribed, say) goes before "offline".
             self._state.force()
