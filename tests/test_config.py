@@ -46,6 +46,10 @@ def test_an_empty_device_id_is_this_machines_hostname() -> None:
     ("[capture]\nrate_hz = 'x'", "c.toml: capture.rate_hz must be an integer, not 'x'"),
     ("[nope]\na = 1", "c.toml: unknown key nope"),
     ("[uplink]\nnope = 1", "c.toml: unknown key uplink.nope"),
+    ("[mqtt]\npassword = 'hunter2'", "c.toml: mqtt.password: secrets are not read from "
+     "the config file; give it as the MQTT_PASSWORD variable, a file named by "
+     "mqtt.password_file, or the systemd credential mqtt_password"),
+    ("[uplink]\napi_key = 'hunter2'", "c.toml: uplink.api_key: secrets are not read"),
     ("[uplink.vad]\nthreshold = 2", "c.toml: uplink.vad.threshold = 2.0 is out of range"),
     ("[capture]\nsource = 'mic'", "c.toml: capture.source must be one of"),
     ("[capture]\nchannels = 2\nchannel = 2", "c.toml: capture.channel = 2 but"),
@@ -63,6 +67,7 @@ def test_mistakes_are_one_line_naming_file_and_key(text: str, message: str) -> N
         config.parse(text, "c.toml")
     assert str(err.value).startswith(message)
     assert "\n" not in str(err.value)
+    assert "hunter2" not in str(err.value)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -401,6 +401,18 @@ def _table_item(hint: Any) -> type[Any] | None:
     return None
 
 
+# Keys a user writes by habit for a secret, and where roomscribe reads it instead (a
+# config file is often world-readable, copied around, pasted into forum posts).
+_SECRETS_ELSEWHERE = {
+    "mqtt.password": "the MQTT_PASSWORD variable, a file named by mqtt.password_file, "
+                     "or the systemd credential mqtt_password",
+    "uplink.api_key": "the TOGETHER_API_KEY variable, a file named by uplink.api_key_file, "
+                      "or the systemd credential together_api_key",
+    "uplink.server_token": "the ROOMSCRIBE_SERVER_TOKEN variable, a file named by "
+                           "uplink.server_token_file, or the systemd credential server_token",
+}
+
+
 def _build(cls: type[Any], table: dict[str, Any], where: str, prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.name != "source_path"}
@@ -408,6 +420,9 @@ def _build(cls: type[Any], table: dict[str, Any], where: str, prefix: str) -> An
     for key, value in table.items():
         dotted = f"{prefix}{key}"
         if key not in names:
+            if dotted in _SECRETS_ELSEWHERE:
+                raise ConfigError(f"{where}: {dotted}: secrets are not read from the config "
+                                  f"file; give it as {_SECRETS_ELSEWHERE[dotted]}")
             raise ConfigError(f"{where}: unknown key {dotted}")
         hint = hints[key]
         if (item_cls := _table_item(hint)) is not None:
