@@ -115,24 +115,35 @@ def test_a_full_disk_keeps_transcripts_in_memory_then_writes_again(
         small_disk: SmallDisk) -> None:
     """An SD card full of logs must not cost a sentence while the broker can take it."""
     box = Outbox(small_disk.path / "outbox.sqlite3")
+    acked_late = box.add(transcript("sent before, acknowledged after"), device=DEVICE)
     first = box.add(transcript("before"), device=DEVICE)
     small_disk.fill()
+    # Its PUBACK comes once the disk is full: the delete is refused, and kept for later.
+    box.ack(acked_late.id, delivered=True)
+    assert "cannot delete from outbox: database or disk is full" in box.write_error
+    assert acked_late not in box.pending() and len(box) == 1
     held = [box.add(transcript(f"while full {i}"), device=DEVICE) for i in range(3)]
     assert [e.durable for e in [first, *held]] == [True, False, False, False]
-    assert "database or disk is full" in box.write_error
+    assert "cannot write to outbox: database or disk is full" in box.write_error
     assert str(small_disk.path / "outbox.sqlite3") in box.write_error
-    assert [e.seq for e in box.pending()] == [1, 2, 3, 4]
-    assert [e.seq for e in box.pending(after_seq=1, limit=2)] == [2, 3]
+    assert [e.seq for e in box.pending()] == [2, 3, 4, 5]
+    assert [e.seq for e in box.pending(after_seq=2, limit=2)] == [3, 4]
     assert (len(box), box.unsaved) == (4, 3)
     box.ack(held[0].id, delivered=True)
-    assert [e.seq for e in box.pending()] == [1, 3, 4]
+    assert [e.seq for e in box.pending()] == [2, 4, 5]
     assert box.unsaved == 2
     small_disk.free()
     after = box.add(transcript("after"), device=DEVICE)
-    assert (after.durable, after.seq, box.write_error) == (True, 5, "")
+    assert (after.durable, after.seq, box.write_error) == (True, 6, "")
     assert [validate("transcript", e.payload)["text"] for e in box.pending()] == [
         "before", "while full 1", "while full 2", "after"]
-    assert box.published == 1
+    assert box.published == 2
+    box.close()
+    # The late acknowledgement went with the first write that had room: a restart
+    # does not send it again.
+    box = Outbox(small_disk.path / "outbox.sqlite3")
+    assert [validate("transcript", e.payload)["text"] for e in box.pending()] == [
+        "before", "after"]
     box.close()
 
 

@@ -444,6 +444,8 @@ def test_a_full_disk_loses_no_transcript_and_says_so_once(
     async def body(pub: Publisher, outbox: Outbox) -> None:
         await await_until(lambda: pub.connected, what="connect")
         pub.submit(transcript("said before"))
+        # Acknowledged first: a delete the full disk refuses is test_outbox's case.
+        await await_until(lambda: len(outbox) == 0, what="the first one acknowledged")
         await asyncio.to_thread(small_disk.fill)
         for i in range(3):
             pub.submit(transcript(f"said while the disk is full {i}"))

@@ -104,6 +104,9 @@ class Outbox:
         self._spill: dict[str, OutboxEntry] = {}
         self._spill_dropped = 0
         self._spill_published = 0
+        # Acknowledged entries still on disk (it refused the delete): id -> delivered.
+        # Bound: they are rows of the outbox, at most max_entries.
+        self._acked: dict[str, bool] = {}
         self._last_seq = 0
         self.write_error = ""  # why the last add() could not write, "" when it could
         self._volatile = False  # the whole outbox is in memory: the disk was full
@@ -182,7 +185,7 @@ class Outbox:
         return int(self._db.execute("SELECT count(*) FROM entries").fetchone()[0])
 
     def __len__(self) -> int:
-        return self._rows() + len(self._spill)
+        return self._rows() - len(self._acked) + len(self._spill)
 
     def add(self, t: Transcript, *, device: str, room: str = "") -> OutboxEntry:
         """Store the transcript's final payload durably; returns once it is on disk, or
@@ -214,6 +217,7 @@ class Outbox:
         self._last_seq = seq
         if not self._volatile:
             self.write_error = ""
+        self._delete_acked()
         return OutboxEntry(entry_id, seq, t.captured_end, payload, durable=not self._volatile)
 
     def _keep_in_memory(self, t: Transcript, entry_id: str, seq: int, payload: bytes,
@@ -240,7 +244,8 @@ class Outbox:
                 "ORDER BY seq LIMIT ?", (after_seq, limit)).fetchall()
         except sqlite3.Error as exc:
             raise self._fail("read", exc) from None
-        entries = [OutboxEntry(r[0], r[1], r[2], bytes(r[3])) for r in rows]
+        entries = [OutboxEntry(r[0], r[1], r[2], bytes(r[3])) for r in rows
+                   if r[0] not in self._acked]
         if self._spill:
             entries = sorted(entries + [e for e in self._spill.values() if e.seq > after_seq],
                              key=lambda e: e.seq)
@@ -257,20 +262,37 @@ class Outbox:
         if self._spill.pop(entry_id, None) is not None:
             self._spill_published += delivered
             return
+        self._acked[entry_id] = self._acked.get(entry_id, False) or delivered
+        self._delete_acked()
+
+    def _delete_acked(self) -> None:
+        """Delete the acknowledged entries. Those a full disk will not let go (a delete
+        writes too) are left out of pending() and len(), and tried again with the next
+        add() or ack(): once the disk has room they go, and a restart does not send
+        them again."""
+        if not self._acked:
+            return
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                deleted = self._db.execute("DELETE FROM entries WHERE id = ?",
-                                           (entry_id,)).rowcount
-                if delivered and deleted:
+                published = 0
+                for entry_id, delivered in self._acked.items():
+                    deleted = self._db.execute("DELETE FROM entries WHERE id = ?",
+                                               (entry_id,)).rowcount
+                    published += deleted if delivered else 0
+                if published:
                     self._db.execute("UPDATE meta SET value = value + ? "
-                                     "WHERE key = 'published'", (deleted,))
+                                     "WHERE key = 'published'", (published,))
                 self._db.execute("COMMIT")
             except BaseException:
                 _rollback(self._db)
                 raise
         except sqlite3.Error as exc:
-            raise self._fail("delete from", exc) from None
+            self.write_error = self.write_error or (
+                f"{self.path}: cannot delete from outbox: {exc}; sent transcripts stay in "
+                "it until it can (a restart before then sends them again)")
+            return
+        self._acked.clear()
 
     def close(self) -> None:
         self._db.close()

@@ -270,11 +270,14 @@ class Publisher:
             # Re-sending would be refused forever (e.g. an ACL): drop it, loudly.
             self._error(f"mqtt: broker refused transcript seq {entry.seq} on "
                         f"{self.topics.transcript}: {rc}")
-        try:
-            self._outbox.ack(entry.id, delivered=not rc.is_failure)
-        except OutboxError as exc:
-            self._error(str(exc))
+        self._ack(entry.id, delivered=not rc.is_failure)
         self._wake.set()
+
+    def _ack(self, entry_id: str, delivered: bool = False) -> None:
+        was = self._outbox.write_error
+        self._outbox.ack(entry_id, delivered=delivered)
+        if self._outbox.write_error and not was:
+            self._error(self._outbox.write_error)
 
     def _properties(self, remaining_s: float | None) -> Properties | None:
         if not self._v5:
@@ -319,10 +322,7 @@ class Publisher:
         self._expired += 1
         log.warning("mqtt: transcript seq %d is %.0f s old, over mqtt.max_age_s = %d: dropped",
                     e.seq, now - e.captured_end, self._m.max_age_s)
-        try:
-            self._outbox.ack(e.id)
-        except OutboxError as exc:
-            self._error(str(exc))
+        self._ack(e.id)
 
     def _publish_state(self) -> None:
         if not self._connected:
