@@ -601,6 +601,24 @@ def forget(config_path: Path,
                           env={**os.environ, **(env or {})}, check=False)
 
 
+def test_forget_with_a_device_id_the_broker_has_not_seen_clears_nothing(
+        broker: Broker, tmp_path: Path) -> None:
+    """device.id defaults to the hostname: `forget` run on a laptop used to clear
+    nothing and say it had removed the device."""
+    publish(broker.port, "roomscribe/kitchen/availability", b"offline", retain=True)
+    publish(broker.port, "roomscribe/hall/state", b'{"status": "idle"}', retain=True)
+    before = retained(broker.port)
+    cfg = tmp_path / "laptop.toml"
+    cfg.write_text(f'[device]\nid = "laptop"\n[mqtt]\nport = {broker.port}\n')
+    run = forget(cfg)
+    assert run.returncode == 2, run.stdout + run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and not run.stdout, run.stdout + run.stderr
+    assert "nothing of device.id 'laptop' is retained" in lines[0]
+    assert "(devices there: hall, kitchen)" in lines[0] and "nothing cleared" in lines[0]
+    assert retained(broker.port) == before
+
+
 @pytest.mark.server
 def test_forget_removes_the_device_and_its_retained_messages(broker: Broker, tmp_path: Path,
                                                              server: int) -> None:

@@ -9,9 +9,12 @@ again on its next (re)connect.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
-from typing import TextIO
+from typing import Any, TextIO
+
+import paho.mqtt.client as mqtt
 
 from . import broker_login, discovery
 from .config import Settings
@@ -30,6 +33,52 @@ def removal(settings: Settings) -> list[Message]:
             *(Message(topic, "", retain=True, qos=1) for topic in retained)]
 
 
+def retained_devices(client: mqtt.Client, settings: Settings,
+                     deadline: float) -> set[str] | None:
+    """The device ids with something retained on the broker (availability, state, or a
+    Home Assistant config of this device.id); None when that cannot be told (the broker
+    refuses the subscription or does not answer in time).
+
+    Why: with device.id defaulting to the hostname, `forget` run on another machine
+    would otherwise clear nothing and report that it removed the device. The retained
+    messages come before the answer to a message we publish after subscribing, so no
+    wait is guessed."""
+    m = settings.mqtt
+    probe = f"{m.topic_prefix}/forget-probe-{uuid.uuid4().hex[:12]}"
+    ours = f"{m.ha_discovery_prefix}/+/roomscribe_{settings.device.id}/+/config"
+    wanted = [f"{m.topic_prefix}/+/availability", f"{m.topic_prefix}/+/state", ours, probe]
+    found: set[str] = set()
+    subscribed, probed = threading.Event(), threading.Event()
+    refused: list[bool] = []
+
+    def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == probe:
+            probed.set()
+        elif msg.retain and msg.payload:
+            if mqtt.topic_matches_sub(ours, msg.topic):
+                found.add(settings.device.id)
+            else:
+                found.add(msg.topic.split("/")[-2])
+
+    def on_subscribe(_c: mqtt.Client, _u: Any, _mid: int, reasons: list[Any],
+                     _p: Any) -> None:
+        refused.extend(r.is_failure for r in reasons if r.is_failure)
+        subscribed.set()
+
+    # At most half of what is left: the removals need the rest.
+    until = time.monotonic() + max(0.0, deadline - time.monotonic()) / 2
+    client.on_message = on_message
+    client.on_subscribe = on_subscribe
+    client.subscribe([(topic, 1) for topic in wanted])
+    if not subscribed.wait(max(0.0, until - time.monotonic())) or refused:
+        return None
+    client.publish(probe, b"", qos=1)
+    if not probed.wait(max(0.0, until - time.monotonic())):
+        return None  # an ACL that drops the probe: as before, clear without looking
+    client.unsubscribe(wanted)
+    return found
+
+
 def forget(settings: Settings, password: str, out: TextIO, timeout_s: float = 10.0) -> int:
     """Clear everything retained for this device; PublishError (one line) on failure."""
     where = broker_login.where(settings)
@@ -39,6 +88,13 @@ def forget(settings: Settings, password: str, out: TextIO, timeout_s: float = 10
     client = broker_login.login(settings, password, "forget",
                                 f"roomscribe-forget-{uuid.uuid4().hex[:8]}", timeout_s)
     try:
+        found = retained_devices(client, settings, deadline)
+        if found is not None and settings.device.id not in found:
+            there = ", ".join(sorted(found)) or "none"
+            raise PublishError(
+                f"forget: nothing of device.id {settings.device.id!r} is retained on "
+                f"{where} (devices there: {there}); nothing cleared. Is device.id right? "
+                "(`roomscribe check` shows it; it defaults to this machine's hostname)")
         infos = [client.publish(msg.topic, msg.encode(), qos=msg.qos, retain=msg.retain)
                  for msg in messages]
         for info in infos:
