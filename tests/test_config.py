@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import wave
 from pathlib import Path
 
@@ -224,6 +225,42 @@ def test_state_files_are_private_outside_systemd(tmp_path: Path) -> None:
                 assert p.stat().st_mode & 0o777 == 0o600, p
     finally:
         broker.stop()
+
+
+def test_a_second_daemon_on_one_state_dir_is_one_line(tmp_path: Path) -> None:
+    """Two daemons on one state directory would share one outbox (each sending the
+    other's transcripts) and one mute state: the second stops at once and says why."""
+    from stack import make_room
+
+    room = make_room(tmp_path / "room.wav", clips=[], gap_s=60)
+    state = tmp_path / "state"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[capture]\nsource = "file"\nfile = "{room.path}"\n'
+                   f'[uplink]\nurl = "ws://127.0.0.1:1/v1/realtime"\n'
+                   f'[mqtt]\nport = 1\n[state]\ndir = "{state}"\n')
+    env = {**os.environ, "STATE_DIRECTORY": "", "CREDENTIALS_DIRECTORY": ""}
+    log = tmp_path / "first.log"
+    with log.open("wb") as out:
+        first = subprocess.Popen([sys.executable, "-m", "roomscribe", "run", "--config",
+                                  str(cfg)], stdout=out, stderr=out, env=env)
+    try:
+        deadline = time.monotonic() + scaled(30)
+        # It logs this once it is set up, the state directory held.
+        while "capturing from file" not in log.read_text():
+            assert first.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        second = run_cli("run", "--config", str(cfg),
+                         env={"STATE_DIRECTORY": "", "CREDENTIALS_DIRECTORY": ""})
+        assert second.returncode == 2, second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in second.stderr, second.stderr
+        assert lines[0] == (f"roomscribe: {state}: the state directory is in use by another "
+                            "roomscribe run: give each daemon its own state.dir (and "
+                            "device.id)")
+    finally:
+        first.terminate()
+        first.wait(scaled(30))
 
 
 def test_server_accepts_127_1_as_loopback(tmp_path: Path) -> None:

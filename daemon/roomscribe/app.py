@@ -50,6 +50,7 @@ class Daemon:
             idle_disconnect_s=settings.gate.idle_disconnect_s,
         )
         state = config.prepare_state_dir(settings)
+        self._state_lock = config.lock_state_dir(state)
         outbox = Outbox(state / "outbox.sqlite3",
                         max_entries=settings.mqtt.outbox_max_entries)
         self.publisher = Publisher(settings, outbox, config.mqtt_password(settings))

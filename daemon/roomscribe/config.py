@@ -8,6 +8,7 @@ in config.toml, and every mistake becomes one ConfigError line naming file and k
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import os
 import re
 import socket
@@ -654,6 +655,29 @@ def prepare_state_dir(settings: Settings) -> Path:
         raise ConfigError(f"{_state_dir_label(settings, path)} cannot be created: "
                           f"{exc.strerror or exc}") from None
     return path
+
+
+def lock_state_dir(path: Path) -> typing.IO[bytes] | None:
+    """Hold the state directory for this process: keep the returned file open.
+
+    Why: two daemons on one state directory would share one outbox, each sending the
+    other's transcripts, and one mute state. The lock goes with the process, however
+    it ends. A ConfigError (one line) when another process holds it; None when the
+    lock file cannot be made (a full disk is no reason to stop)."""
+    try:
+        fh = (path / "lock").open("ab")
+    except OSError:
+        return None
+    try:
+        os.fchmod(fh.fileno(), STATE_FILE_MODE)
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise ConfigError(f"{path}: the state directory is in use by another roomscribe "
+                          "run: give each daemon its own state.dir (and device.id)") from None
+    except OSError:
+        pass  # a file system without locks: run as before
+    return fh
 
 
 def mask(secret: str) -> str:
