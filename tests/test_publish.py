@@ -369,6 +369,12 @@ def test_clash_watch_tells_a_clash_from_an_outage() -> None:
     assert not watch.settled(t + 4102 + ClashWatch.SHORT_S + 1)  # said once
     assert not watch.lost(t + 4102 + ClashWatch.SHORT_S + 1, 128)
     assert not watch.suspected
+    # A link that drops again and again soon after login, with logins that fail in
+    # between (flaky Wi-Fi, a broker going down): an outage, not a clash.
+    for i in range(ClashWatch.IN_A_ROW + 1):
+        watch.connected(t + 4200 + 3 * i)
+        assert not watch.lost(t + 4201 + 3 * i, 128)
+        watch.connect_failed()
     # A broker that says why it drops us (here "Packet too large") is not a clash.
     for i in range(ClashWatch.IN_A_ROW + 1):
         watch.connected(t + 4500 + 2 * i)

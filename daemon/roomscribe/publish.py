@@ -96,6 +96,12 @@ class ClashWatch:
         self.suspected = reason_code == _TAKEN_OVER or self._short >= self.IN_A_ROW
         return self.suspected
 
+    def connect_failed(self) -> None:
+        """A login that failed: the broker (or the way to it) is down, which is an
+        outage. In a clash every login succeeds at once."""
+        self._short = 0
+        self.suspected = False
+
     def settled(self, now: float) -> bool:
         """True once when a suspected clash is over: a connection has lasted."""
         if not self.suspected or self._since is None or now - self._since < self.SHORT_S:
@@ -197,6 +203,7 @@ class Publisher:
         self._call(self._up)
 
     def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
+        self._call(self._clash.connect_failed)
         self._call(self._error, f"mqtt: cannot connect to {self._where} (retrying)",
                    logging.WARNING)
 
