@@ -159,6 +159,47 @@ def test_connect_hooks_and_subscriptions(broker: Broker, tmp_path: Path) -> None
     sub.close()
 
 
+def test_a_retained_command_is_ignored_and_said_once(broker: Broker, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A retained OFF left on mute/set (a flow or a `mosquitto_pub -r` once) came back at
+    every reconnect and undid a privacy mute. A retained status is still read."""
+    caplog.set_level(logging.INFO)
+    command, status = f"roomscribe/{DEVICE}/mute/set", "homeassistant/status"
+    sender = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    sender.connect("127.0.0.1", broker.port)
+    sender.loop_start()
+    for topic, body in ((command, b"OFF"), (status, b"online")):
+        sender.publish(topic, body, qos=1, retain=True).wait_for_publish(scaled(10))
+    got: list[tuple[str, bytes]] = []
+
+    async def main() -> None:
+        pub = Publisher(settings(tmp_path, broker.port), outbox)
+        pub.subscribe(command, lambda t, b: got.append((t, b)), commands=True)
+        pub.subscribe(status, lambda t, b: got.append((t, b)))
+        task = asyncio.create_task(pub.run(), name="publish")
+        try:
+            async with asyncio.timeout(scaled(60)):
+                await await_until(lambda: (status, b"online") in got, what="the status")
+                for _ in range(100):  # until the subscription is in place
+                    sender.publish(command, b"ON", qos=1)
+                    if (command, b"ON") in got:
+                        break
+                    await asyncio.sleep(0.1)
+        finally:
+            await pub.close()
+            task.cancel()
+
+    outbox = Outbox(tmp_path / "commands.sqlite3")
+    asyncio.run(main())
+    outbox.close()
+    sender.disconnect()
+    sender.loop_stop()
+    assert (command, b"OFF") not in got and (command, b"ON") in got
+    warned = [r.getMessage() for r in caplog.records if "retained" in r.getMessage()]
+    assert warned == [f"ignoring a retained message on {command}: commands must not be "
+                      f"retained (clear it: mosquitto_pub -r -n -t '{command}')"]
+
+
 def test_partials_when_enabled(broker: Broker, tmp_path: Path) -> None:
     sub = Subscriber(broker.port)
 

@@ -38,7 +38,7 @@ class Integrations:
         self._mute_state_topic, mute_command_topic = mute.mute_topics(
             m.topic_prefix, settings.device.id)
         publisher.add_connect_hook(self._mute_message)
-        publisher.subscribe(mute_command_topic, self._on_mute_command)
+        publisher.subscribe(mute_command_topic, self._on_mute_command, commands=True)
         self.hardware = hardware_model()
         if m.ha_discovery:
             publisher.add_connect_hook(

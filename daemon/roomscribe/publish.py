@@ -142,7 +142,8 @@ class Publisher:
             self._error(outbox.write_error)
         self._connect_hooks: list[Callable[[], Iterable[Message]]] = []
         # Replaced, never mutated: paho's thread reads it in on_connect.
-        self._subscriptions: tuple[tuple[str, Callable[[str, bytes], None]], ...] = ()
+        self._subscriptions: tuple[tuple[str, Callable[[str, bytes], None], bool], ...] = ()
+        self._stale_commands: set[str] = set()  # topics already warned about; bound: ours
 
     @property
     def trouble(self) -> str:
@@ -198,7 +199,7 @@ class Publisher:
         # Sent from this thread so "online" precedes the messages paho re-sends next.
         client.publish(self.topics.availability, payload.ONLINE,
                        qos=payload.AVAILABILITY_QOS, retain=True)
-        for topic, _handler in self._subscriptions:
+        for topic, _handler, _commands in self._subscriptions:
             client.subscribe(topic, qos=1)
         self._call(self._up)
 
@@ -215,7 +216,7 @@ class Publisher:
         self._call(self._acked, mid, rc)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        self._call(self._dispatch, msg.topic, bytes(msg.payload))
+        self._call(self._dispatch, msg.topic, bytes(msg.payload), bool(msg.retain))
 
     # --- the asyncio thread ---
 
@@ -244,10 +245,20 @@ class Publisher:
                 self.send(msg)
         self._wake.set()
 
-    def _dispatch(self, topic: str, body: bytes) -> None:
-        for pattern, handler in self._subscriptions:
-            if mqtt.topic_matches_sub(pattern, topic):
-                handler(topic, body)
+    def _dispatch(self, topic: str, body: bytes, retained: bool) -> None:
+        for pattern, handler, commands in self._subscriptions:
+            if not mqtt.topic_matches_sub(pattern, topic):
+                continue
+            if retained and commands:
+                # A retained command is stale by the time it is delivered again, at each
+                # reconnect: a forgotten retained OFF would undo a privacy mute.
+                if topic not in self._stale_commands:
+                    self._stale_commands.add(topic)
+                    log.warning("ignoring a retained message on %s: commands must not be "
+                                "retained (clear it: mosquitto_pub -r -n -t '%s')",
+                                topic, topic)
+                continue
+            handler(topic, body)
 
     def _down(self, reason: str, code: int) -> None:
         was = self._connected
@@ -445,10 +456,12 @@ class Publisher:
         """Messages to publish after every (re)connect, e.g. discovery configs."""
         self._connect_hooks.append(build)
 
-    def subscribe(self, topic: str, handler: Callable[[str, bytes], None]) -> None:
+    def subscribe(self, topic: str, handler: Callable[[str, bytes], None],
+                  commands: bool = False) -> None:
         """Subscribe at QoS 1 on every (re)connect; handler(topic, payload) runs on the
-        asyncio thread. Call before run()."""
-        self._subscriptions = (*self._subscriptions, (topic, handler))
+        asyncio thread. `commands`: retained messages there are ignored (and said once).
+        Call before run()."""
+        self._subscriptions = (*self._subscriptions, (topic, handler, commands))
         if self._connected:
             self._client.subscribe(topic, qos=1)
 
