@@ -56,6 +56,11 @@ def test_an_empty_device_id_is_this_machines_hostname() -> None:
     ("[capture]\nchannels = 2\nchannel = 2", "c.toml: capture.channel = 2 but"),
     ("[device]\nid = 'living room'", "c.toml: device.id must match"),
     ("[mqtt]\nport = 0", "c.toml: mqtt.port = 0 is out of range"),
+    ("[mqtt]\nhost = ''", "c.toml: mqtt.host '' is not a host name or address"),
+    ("[mqtt]\nhost = 'mqtt://10.0.0.2:1883'", "c.toml: mqtt.host 'mqtt://10.0.0.2:1883' is "
+     "not a host name or address (mqtt.host = \"10.0.0.2\", mqtt.port = 1883)"),
+    ("[mqtt]\nhost = 'mqtts://broker.lan'", "c.toml: mqtt.host 'mqtts://broker.lan' is not a "
+     "host name or address (mqtt.host = \"broker.lan\", mqtt.tls = true)"),
     ("[mqtt]\ntls = 'yes'", "c.toml: mqtt.tls must be true or false"),
     ("[uplink]\nurl = 'http://x'", "c.toml: uplink.url must be a ws:// or wss:// URL"),
     ("[capture]\nsource = 'file'", "c.toml: capture.file must be set"),

@@ -462,12 +462,33 @@ def _validate(settings: Settings, where: str) -> None:
         _validate_url(url, where, f"uplink.urls[{i}]")
     if len(set(settings.uplink.urls)) != len(settings.uplink.urls):
         raise ConfigError(f"{where}: uplink.urls lists an endpoint twice")
+    host = settings.mqtt.host
+    if not host or any(c.isspace() for c in host) or "/" in host:
+        raise ConfigError(f"{where}: mqtt.host {host!r} is not a host name or address "
+                          f"({_host_hint(host)})")
     if any(c in settings.mqtt.topic_prefix for c in "#+") or not settings.mqtt.topic_prefix:
         raise ConfigError(f"{where}: mqtt.topic_prefix must be non-empty, without + or #")
     ha_prefix = settings.mqtt.ha_discovery_prefix
     if any(c in ha_prefix for c in "#+") or not ha_prefix.strip("/"):
         raise ConfigError(f"{where}: mqtt.ha_discovery_prefix must be non-empty, without + or #")
     _validate_triggers(settings.triggers, where)
+
+
+def _host_hint(host: str) -> str:
+    """What to write instead of a broker URL (people copy one from other tools)."""
+    try:
+        parts = urlsplit(host) if "://" in host else None
+        port = parts.port if parts else None
+    except ValueError:
+        parts, port = None, None
+    if parts is None or not parts.hostname:
+        return 'e.g. "127.0.0.1", "homeassistant.local"'
+    hint = f'mqtt.host = "{parts.hostname}"'
+    if port:
+        hint += f", mqtt.port = {port}"
+    if parts.scheme in ("mqtts", "ssl", "tls"):
+        hint += ", mqtt.tls = true"
+    return hint
 
 
 def _validate_url(value: str, where: str, key: str) -> None:
