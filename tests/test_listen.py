@@ -203,6 +203,7 @@ def test_a_port_that_never_answers_is_one_line(tmp_path: Path) -> None:
         config.write_text(f"[mqtt]\nport = {port}\n")
         line = one_line_error(config)
         assert line == (f"roomscribe: listen: 127.0.0.1:{port} did not answer within "
-                        f"{LOGIN_TIMEOUT_S:.0f} s"), line
+                        f"{LOGIN_TIMEOUT_S:.0f} s (is it the broker's MQTT port? A TLS port, "
+                        "often 8883, needs mqtt.tls = true)"), line
     finally:
         sock.close()

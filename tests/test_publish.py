@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -157,6 +158,27 @@ def test_connect_hooks_and_subscriptions(broker: Broker, tmp_path: Path) -> None
     assert sub.on("mute")[0].payload == b"OFF"
     wait(lambda: any(m.topic == "elsewhere/x" for m in sub.messages), 10, "send()")
     sub.close()
+
+
+def test_a_port_that_takes_the_connection_and_never_answers_is_said(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A TLS port without mqtt.tls: paho reports nothing at all, and the daemon said
+    nothing while every transcript waited in the outbox."""
+    caplog.set_level(logging.INFO)
+    sock = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; nobody answers
+    port = sock.getsockname()[1]
+    said = "took the connection but has not answered the login for 10 s"
+
+    async def body(pub: Publisher, _o: Outbox) -> None:
+        await await_until(lambda: said in caplog.text, 30, "the warning")
+
+    try:
+        run_with_publisher(settings(tmp_path, port), body).close()
+    finally:
+        sock.close()
+    lines = [r.getMessage() for r in caplog.records if said in r.getMessage()]
+    assert lines == [f"mqtt: 127.0.0.1:{port} {said} (is it the broker's MQTT port? A TLS "
+                     "port, often 8883, needs mqtt.tls = true) (retrying)"]
 
 
 def test_a_retained_command_is_ignored_and_said_once(broker: Broker, tmp_path: Path,

@@ -37,6 +37,13 @@ def where(settings: Settings) -> str:
     return f"{settings.mqtt.host}:{settings.mqtt.port}"
 
 
+def silent_hint(settings: Settings) -> str:
+    """Why a port takes the connection and never answers the login, most often."""
+    if settings.mqtt.tls:
+        return " (is it the broker's MQTT port?)"
+    return " (is it the broker's MQTT port? A TLS port, often 8883, needs mqtt.tls = true)"
+
+
 def login(settings: Settings, password: str, tool: str, client_id: str,
           timeout_s: float = LOGIN_TIMEOUT_S) -> mqtt.Client:
     """A client connected and accepted, its network loop running; a LoginError (one
@@ -68,7 +75,7 @@ def login(settings: Settings, password: str, tool: str, client_id: str,
     try:
         if not answered.wait(timeout_s):
             raise LoginError(f"{tool}: {where(settings)} did not answer within "
-                             f"{timeout_s:.0f} s", "silent")
+                             f"{timeout_s:.0f} s{silent_hint(settings)}", "silent")
         if refused:
             raise LoginError(f"{tool}: {where(settings)} refused the connection: "
                              f"{refused[0]} (check mqtt.username, the password and the "

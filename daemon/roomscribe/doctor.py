@@ -125,7 +125,7 @@ def check_broker(settings: Settings) -> Result:
         if exc.kind == "silent":
             return Result("broker", False, f"{where}: no answer within "
                           f"{broker_login.LOGIN_TIMEOUT_S:.0f} s",
-                          "is this an MQTT port?")
+                          broker_login.silent_hint(settings).strip(" ()"))
         return Result("broker", False, f"{where}: {_reason(exc.cause or exc)}",
                       "is the broker running and mqtt.host/port/tls right?")
     client.disconnect()

@@ -137,6 +137,11 @@ class Publisher:
         self.last_error = ""
         self._clash = ClashWatch()
         self._clash_text = ""
+        # Since when there is no connection, and whether anything said why: a port that
+        # takes the connection and never answers the login (a TLS port without
+        # mqtt.tls) gets no error from paho at all.
+        self._down_since = time.monotonic()
+        self._said_since_down = False
         self.lost_at_close = 0  # transcripts only in memory when close() gave up
         if outbox.write_error:
             self._error(outbox.write_error)
@@ -221,6 +226,7 @@ class Publisher:
     # --- the asyncio thread ---
 
     def _error(self, message: str, level: int = logging.ERROR) -> None:
+        self._said_since_down = True
         self.last_error = message
         self._state.update(last_error=message)
         # A broker that stays down must not log a line per retry.
@@ -232,6 +238,7 @@ class Publisher:
 
     def _up(self) -> None:
         self._connected = True
+        self._said_since_down = False
         self._clash.connected(time.monotonic())
         if self._clash.suspected:
             # Once a second while the clash lasts: said once, in _down.
@@ -276,6 +283,8 @@ class Publisher:
         elif was and not self._closing:
             self._error(f"mqtt: connection to {self._where} lost: {reason} (reconnecting)",
                         logging.WARNING)
+        if was:
+            self._down_since, self._said_since_down = time.monotonic(), False
 
     def _acked(self, mid: int, rc: ReasonCode) -> None:
         entry = self._inflight.pop(mid, None)
@@ -380,13 +389,25 @@ class Publisher:
         self._loop = asyncio.get_running_loop()
         self._client.connect_async(self._m.host, self._m.port, keepalive=self._m.keepalive_s)
         self._client.loop_start()
+        self._down_since = time.monotonic()
         while not self._closing:
+            self._say_if_silent(time.monotonic())
             if self._clash.settled(time.monotonic()):
                 log.info("mqtt: the connection to %s holds again", self._where)
                 self._last_logged = ""
             self._fill()
             self._publish_state()
             await self._wait_wake(1.0)
+
+    def _say_if_silent(self, now: float) -> None:
+        from . import broker_login  # it imports PublishError from here
+
+        if (self._connected or self._said_since_down
+                or now - self._down_since < broker_login.LOGIN_TIMEOUT_S):
+            return
+        self._error(f"mqtt: {self._where} took the connection but has not answered the "
+                    f"login for {broker_login.LOGIN_TIMEOUT_S:.0f} s"
+                    f"{broker_login.silent_hint(self._settings)} (retrying)", logging.WARNING)
 
     def submit(self, t: Transcript) -> str:
         """Store durably in the outbox (in memory if the disk refuses), then wake the
