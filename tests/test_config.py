@@ -25,6 +25,23 @@ def test_config_toml_is_exactly_the_defaults() -> None:
     assert dataclasses.replace(loaded, source_path="") == config.Settings()
 
 
+def test_a_file_saved_by_a_windows_editor_reads_the_same(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """A byte-order mark and CRLF line ends: was "not valid TOML: Invalid statement
+    (at line 1, column 1)", and a key file's mark became part of the password."""
+    secret = tmp_path / "mqtt.pass"
+    secret.write_bytes(b"\xef\xbb\xbfs3cret\r\n")
+    cfg = tmp_path / "c.toml"
+    cfg.write_bytes(b'\xef\xbb\xbf[device]\r\nid = "kitchen"\r\n[mqtt]\r\n'
+                    + f'password_file = "{secret}"\r\n'.encode())
+    monkeypatch.delenv("MQTT_PASSWORD", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    settings = config.load(cfg)
+    assert settings.device.id == "kitchen"
+    assert config.mqtt_password(settings) == "s3cret"
+
+
 @pytest.mark.parametrize(("hostname", "device_id"), [
     ("raspberrypi", "raspberrypi"), ("Kitchen-Pi.local", "kitchen-pi"),
     ("pi_zero2", "pi_zero2"), ("wohnzimmer.fritz.box", "wohnzimmer"),

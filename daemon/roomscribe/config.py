@@ -546,7 +546,8 @@ def load(path: str | os.PathLike[str] | None) -> Settings:
         return Settings()
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        # utf-8-sig: an editor on Windows may start the file with a byte-order mark.
+        text = p.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
@@ -560,7 +561,7 @@ def _read_secret(env: str, file_setting: str, credential: str, where: str) -> st
         return value
     if file_setting:
         try:
-            return Path(file_setting).read_text(encoding="utf-8").strip()
+            return Path(file_setting).read_text(encoding="utf-8-sig").strip()
         except OSError as exc:
             raise ConfigError(f"{where}: cannot read secret file {file_setting}: "
                               f"{exc.strerror or exc}") from None
@@ -568,7 +569,7 @@ def _read_secret(env: str, file_setting: str, credential: str, where: str) -> st
     if cred_dir:
         cred = Path(cred_dir) / credential
         if cred.is_file():
-            return cred.read_text(encoding="utf-8").strip()
+            return cred.read_text(encoding="utf-8-sig").strip()
     return ""
 
 
