@@ -64,6 +64,10 @@ def test_an_empty_device_id_is_this_machines_hostname() -> None:
     ("[capture]\nrate_hz = 'x'", "c.toml: capture.rate_hz must be an integer, not 'x'"),
     ("[nope]\na = 1", "c.toml: unknown key nope"),
     ("[uplink]\nnope = 1", "c.toml: unknown key uplink.nope"),
+    ("port = 1883", "c.toml: unknown key port (did you mean mqtt.port or server.port?)"),
+    ("[mqtt]\nhots = 'x'", "c.toml: unknown key mqtt.hots (did you mean mqtt.host?)"),
+    ("[uplink.vad]\nthreshhold = 0.5",
+     "c.toml: unknown key uplink.vad.threshhold (did you mean uplink.vad.threshold?)"),
     ("[mqtt]\npassword = 'hunter2'", "c.toml: mqtt.password: secrets are not read from "
      "the config file; give it as the MQTT_PASSWORD variable, a file named by "
      "mqtt.password_file, or the systemd credential mqtt_password"),

@@ -8,6 +8,7 @@ in config.toml, and every mistake becomes one ConfigError line naming file and k
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import fcntl
 import os
 import re
@@ -414,6 +415,32 @@ _SECRETS_ELSEWHERE = {
 }
 
 
+def _keys(cls: type[Any], prefix: str = "") -> list[str]:
+    """Every setting's dotted name ("mqtt.port"), tables too."""
+    hints = typing.get_type_hints(cls)
+    out: list[str] = []
+    for f in dataclasses.fields(cls):
+        if f.name == "source_path":
+            continue
+        dotted = f"{prefix}{f.name}"
+        out.append(dotted)
+        item = _table_item(hints[f.name]) or (
+            hints[f.name] if dataclasses.is_dataclass(hints[f.name]) else None)
+        if item is not None:
+            out += _keys(typing.cast(type, item), f"{dotted}.")
+    return out
+
+
+def _did_you_mean(dotted: str) -> str:
+    """' (did you mean mqtt.host?)' for a typo or a key put in the wrong table."""
+    known = _keys(Settings)
+    plain = re.sub(r"\[\d+\]", "", dotted)  # triggers[2].word -> triggers.word
+    leaf = plain.rsplit(".", 1)[-1]
+    near = difflib.get_close_matches(plain, known, n=1, cutoff=0.8)
+    near += [k for k in known if k.rsplit(".", 1)[-1] == leaf and k not in near]
+    return f" (did you mean {' or '.join(near[:3])}?)" if near else ""
+
+
 def _build(cls: type[Any], table: dict[str, Any], where: str, prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.name != "source_path"}
@@ -424,7 +451,7 @@ def _build(cls: type[Any], table: dict[str, Any], where: str, prefix: str) -> An
             if dotted in _SECRETS_ELSEWHERE:
                 raise ConfigError(f"{where}: {dotted}: secrets are not read from the config "
                                   f"file; give it as {_SECRETS_ELSEWHERE[dotted]}")
-            raise ConfigError(f"{where}: unknown key {dotted}")
+            raise ConfigError(f"{where}: unknown key {dotted}{_did_you_mean(dotted)}")
         hint = hints[key]
         if (item_cls := _table_item(hint)) is not None:
             if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
