@@ -194,7 +194,7 @@ def test_a_refused_subscription_is_one_line(tmp_path: Path) -> None:
 def test_a_port_that_never_answers_is_one_line(tmp_path: Path) -> None:
     """Something listens but says nothing (not an MQTT port): one line after the
     login's bounded wait, not a silent wait for ever."""
-    from roomscribe.broker_login import LOGIN_TIMEOUT_S
+    from roomscribe.broker_trouble import LOGIN_TIMEOUT_S
 
     sock = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; nobody answers
     port = sock.getsockname()[1]

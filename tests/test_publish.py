@@ -18,10 +18,11 @@ import pytest
 
 from conftest import Broker, SmallDisk, start_broker
 from mqttkit import DEVICE, Subscriber, await_until, settings, transcript, validate, wait
+from roomscribe.broker_trouble import ClashWatch
 from roomscribe.config import Settings
 from roomscribe.message import Message
 from roomscribe.outbox import Outbox
-from roomscribe.publish import ClashWatch, Publisher, PublishError
+from roomscribe.publish import Publisher, PublishError
 from timing import scaled
 
 CHILD = Path(__file__).resolve().parent / "publish_child.py"

@@ -14,12 +14,10 @@ from typing import Any, Literal
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from .broker_trouble import LOGIN_TIMEOUT_S, silent_hint
 from .config import Settings
 from .publish import PublishError
 from .retry import describe
-
-# How long a tool waits for the broker's CONNACK before it says the broker is silent.
-LOGIN_TIMEOUT_S = 10.0
 
 
 class LoginError(PublishError):
@@ -35,13 +33,6 @@ class LoginError(PublishError):
 
 def where(settings: Settings) -> str:
     return f"{settings.mqtt.host}:{settings.mqtt.port}"
-
-
-def silent_hint(settings: Settings) -> str:
-    """Why a port takes the connection and never answers the login, most often."""
-    if settings.mqtt.tls:
-        return " (is it the broker's MQTT port?)"
-    return " (is it the broker's MQTT port? A TLS port, often 8883, needs mqtt.tls = true)"
 
 
 def login(settings: Settings, password: str, tool: str, client_id: str,
@@ -75,7 +66,7 @@ def login(settings: Settings, password: str, tool: str, client_id: str,
     try:
         if not answered.wait(timeout_s):
             raise LoginError(f"{tool}: {where(settings)} did not answer within "
-                             f"{timeout_s:.0f} s{silent_hint(settings)}", "silent")
+                             f"{timeout_s:.0f} s ({silent_hint(m.tls)})", "silent")
         if refused:
             raise LoginError(f"{tool}: {where(settings)} refused the connection: "
                              f"{refused[0]} (check mqtt.username, the password and the "

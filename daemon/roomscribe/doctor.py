@@ -19,6 +19,7 @@ import websockets
 from websockets.exceptions import InvalidStatus
 
 from . import broker_login, config, protocol
+from .broker_trouble import LOGIN_TIMEOUT_S, silent_hint
 from .capture import CaptureError, CaptureStats, frames
 from .config import Settings
 from .level import Meter
@@ -124,8 +125,8 @@ def check_broker(settings: Settings) -> Result:
                           "check mqtt.username and the password")
         if exc.kind == "silent":
             return Result("broker", False, f"{where}: no answer within "
-                          f"{broker_login.LOGIN_TIMEOUT_S:.0f} s",
-                          broker_login.silent_hint(settings).strip(" ()"))
+                          f"{LOGIN_TIMEOUT_S:.0f} s",
+                          silent_hint(settings.mqtt.tls))
         return Result("broker", False, f"{where}: {_reason(exc.cause or exc)}",
                       "is the broker running and mqtt.host/port/tls right?")
     client.disconnect()

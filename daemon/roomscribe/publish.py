@@ -29,6 +29,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from . import payload
+from .broker_trouble import LOGIN_TIMEOUT_S, ClashWatch, silent_hint
 from .config import Settings
 from .message import Message
 from .outbox import Outbox, OutboxEntry, OutboxError
@@ -58,57 +59,6 @@ def check_tls(settings: Settings) -> None:
         raise PublishError(
             f"{where}: mqtt TLS (ca_file={m.ca_file!r}, cert_file={m.cert_file!r}, "
             f"key_file={m.key_file!r}): {getattr(exc, 'strerror', None) or exc}") from None
-
-
-# MQTT 5's DISCONNECT reason "Session taken over" (Mosquitto 2.0.11 sends none), and
-# what paho reports for a connection closed without a DISCONNECT (or 3.1.1's).
-_TAKEN_OVER = 142
-_UNSPECIFIED = 128
-
-
-class ClashWatch:
-    """Tells another client with our client id from an outage (no I/O: times in).
-
-    A broker drops the older of two clients with one client id whenever the other
-    logs in, so two daemons with one device.id take the connection in turn, each
-    holding it for about `reconnect_min_s`. An outage or a broker restart drops a
-    connection that had lasted; this drops, again and again, one just made.
-    """
-
-    SHORT_S = 10.0  # a connection lost sooner than this after its login
-    IN_A_ROW = 3  # ... this many times running: a broker restart is once
-
-    def __init__(self) -> None:
-        self._since: float | None = None
-        self._short = 0
-        self.suspected = False
-
-    def connected(self, now: float) -> None:
-        self._since = now
-
-    def lost(self, now: float, reason_code: int) -> bool:
-        """True when this loss, with those before it, looks like a clash."""
-        short = self._since is not None and now - self._since < self.SHORT_S
-        self._since = None
-        # Only a connection dropped without a word (paho's "Unspecified error") counts:
-        # a broker that gives a reason (an ACL, a packet too large) has said what it is.
-        self._short = self._short + 1 if short and reason_code == _UNSPECIFIED else 0
-        self.suspected = reason_code == _TAKEN_OVER or self._short >= self.IN_A_ROW
-        return self.suspected
-
-    def connect_failed(self) -> None:
-        """A login that failed: the broker (or the way to it) is down, which is an
-        outage. In a clash every login succeeds at once."""
-        self._short = 0
-        self.suspected = False
-
-    def settled(self, now: float) -> bool:
-        """True once when a suspected clash is over: a connection has lasted."""
-        if not self.suspected or self._since is None or now - self._since < self.SHORT_S:
-            return False
-        self.suspected = False
-        self._short = 0
-        return True
 
 
 class Publisher:
@@ -400,14 +350,12 @@ class Publisher:
             await self._wait_wake(1.0)
 
     def _say_if_silent(self, now: float) -> None:
-        from . import broker_login  # it imports PublishError from here
-
         if (self._connected or self._said_since_down
-                or now - self._down_since < broker_login.LOGIN_TIMEOUT_S):
+                or now - self._down_since < LOGIN_TIMEOUT_S):
             return
         self._error(f"mqtt: {self._where} took the connection but has not answered the "
-                    f"login for {broker_login.LOGIN_TIMEOUT_S:.0f} s"
-                    f"{broker_login.silent_hint(self._settings)} (retrying)", logging.WARNING)
+                    f"login for {LOGIN_TIMEOUT_S:.0f} s ({silent_hint(self._m.tls)}) "
+                    "(retrying)", logging.WARNING)
 
     def submit(self, t: Transcript) -> str:
         """Store durably in the outbox (in memory if the disk refuses), then wake the

@@ -1,0 +1,69 @@
+"""What is wrong with the broker connection, told from the events alone (no I/O).
+
+The publisher (publish.py) and the tools that log in once (broker_login.py) feed these
+times and reason codes; nothing here touches a socket, so the tests need none.
+"""
+
+from __future__ import annotations
+
+# How long a login may go unanswered before it is said: a tool gives up then, the
+# daemon says so and goes on waiting.
+LOGIN_TIMEOUT_S = 10.0
+
+
+def silent_hint(tls: bool) -> str:
+    """Why a port takes the connection and never answers the login, most often."""
+    if tls:
+        return "is it the broker's MQTT port?"
+    return "is it the broker's MQTT port? A TLS port, often 8883, needs mqtt.tls = true"
+
+
+# MQTT 5's DISCONNECT reason "Session taken over" (Mosquitto 2.0.11 sends none), and
+# what paho reports for a connection closed without a DISCONNECT (or 3.1.1's).
+_TAKEN_OVER = 142
+_UNSPECIFIED = 128
+
+
+class ClashWatch:
+    """Tells another client with our client id from an outage (no I/O: times in).
+
+    A broker drops the older of two clients with one client id whenever the other
+    logs in, so two daemons with one device.id take the connection in turn, each
+    holding it for about `reconnect_min_s`. An outage or a broker restart drops a
+    connection that had lasted; this drops, again and again, one just made.
+    """
+
+    SHORT_S = 10.0  # a connection lost sooner than this after its login
+    IN_A_ROW = 3  # ... this many times running: a broker restart is once
+
+    def __init__(self) -> None:
+        self._since: float | None = None
+        self._short = 0
+        self.suspected = False
+
+    def connected(self, now: float) -> None:
+        self._since = now
+
+    def lost(self, now: float, reason_code: int) -> bool:
+        """True when this loss, with those before it, looks like a clash."""
+        short = self._since is not None and now - self._since < self.SHORT_S
+        self._since = None
+        # Only a connection dropped without a word (paho's "Unspecified error") counts:
+        # a broker that gives a reason (an ACL, a packet too large) has said what it is.
+        self._short = self._short + 1 if short and reason_code == _UNSPECIFIED else 0
+        self.suspected = reason_code == _TAKEN_OVER or self._short >= self.IN_A_ROW
+        return self.suspected
+
+    def connect_failed(self) -> None:
+        """A login that failed: the broker (or the way to it) is down, which is an
+        outage. In a clash every login succeeds at once."""
+        self._short = 0
+        self.suspected = False
+
+    def settled(self, now: float) -> bool:
+        """True once when a suspected clash is over: a connection has lasted."""
+        if not self.suspected or self._since is None or now - self._since < self.SHORT_S:
+            return False
+        self.suspected = False
+        self._short = 0
+        return True
