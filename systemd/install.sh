@@ -99,6 +99,10 @@ OPT=$P/opt/roomscribe
 VENV=$OPT/venv
 ETC=$P/etc/roomscribe
 UNITS=$P/etc/systemd/system
+# The commands a user runs by hand (level, listen, check --connect) on the PATH, sudo's
+# included; without --config they read $ETC/config.toml, as the service does.
+BIN=$P/usr/local/bin
+COMMAND=/opt/roomscribe/venv/bin/roomscribe  # the link's target, as seen from the root
 
 # ---------------------------------------------------------------------------------
 if [[ $UNINSTALL == 1 ]]; then
@@ -120,6 +124,9 @@ if [[ $UNINSTALL == 1 ]]; then
     fi
     # OPT is never "/opt" or "": it always ends in /opt/roomscribe.
     rm -rf -- "$OPT"
+    if [[ -L $BIN/roomscribe && $(readlink "$BIN/roomscribe") == "$COMMAND" ]]; then
+        rm -f -- "$BIN/roomscribe"
+    fi
     say "removed the services and $OPT"
     say "kept $ETC (config and credentials) and /var/lib/private/roomscribe (state);"
     say "remove them by hand if you no longer need them"
@@ -234,6 +241,14 @@ for unit in "${units[@]}"; do
     install -m 0644 "$SCRIPT_DIR/$unit" "$UNITS/$unit"
     say "installed $UNITS/$unit"
 done
+
+mkdir -p "$BIN"
+if [[ -L $BIN/roomscribe || ! -e $BIN/roomscribe ]]; then
+    ln -sfn "$COMMAND" "$BIN/roomscribe"
+    say "linked $BIN/roomscribe: roomscribe level, listen and check use $ETC/config.toml"
+else
+    say "kept $BIN/roomscribe (not ours); the program is $COMMAND"
+fi
 
 if [[ $LIVE == 0 ]]; then
     say "installed into $P (no systemctl outside /)"

@@ -19,6 +19,9 @@ import pytest
 from timing import SLOWDOWN, SOURCE, scaled
 
 REPO = Path(__file__).resolve().parent.parent
+# A command run without --config reads the installed service's /etc/roomscribe/config.toml:
+# on a machine where the service is installed, the tests must still see the defaults.
+os.environ["ROOMSCRIBE_CONFIG"] = ""
 # shared/ beside the checkout, or where scripts/bootstrap.sh found it.
 AUDIO_DIR = (Path(os.environ.get("ROOMSCRIBE_SHARED") or REPO.parent / "shared")
              / "audio").resolve()

@@ -373,3 +373,42 @@ def test_user_errors_inside_the_task_group_are_one_line() -> None:
     assert _user_error(ExceptionGroup("tg", [ExceptionGroup("inner", [mistake])])) is mistake
     # A bug next to it keeps its traceback.
     assert _user_error(ExceptionGroup("tg", [mistake, ValueError("bug")])) is None
+
+
+def test_which_config_a_command_reads(tmp_path: Path) -> None:
+    system = tmp_path / "etc-roomscribe-config.toml"
+    assert config.config_path(None, {}, system) is None  # nothing installed: defaults
+    system.write_text("")
+    assert config.config_path(None, {}, system) == str(system)  # the service's
+    assert config.config_path(None, {"ROOMSCRIBE_CONFIG": "x.toml"}, system) == "x.toml"
+    assert config.config_path(None, {"ROOMSCRIBE_CONFIG": ""}, system) is None
+    assert config.config_path("mine.toml", {"ROOMSCRIBE_CONFIG": "x.toml"},
+                              system) == "mine.toml"
+
+
+def test_a_command_run_by_hand_uses_the_services_config_and_credential(
+        tmp_path: Path) -> None:
+    """On an installed Pi, `sudo roomscribe check` with no options: it read the built-in
+    defaults and, given the service's config, found no key (the service gets it as a
+    systemd credential, which a command run by hand does not): "no API key"."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    cfg = etc / "config.toml"
+    cfg.write_text('[device]\nid = "kitchen"\n[uplink]\n'
+                   'url = "wss://api.together.ai/v1/realtime"\n'
+                   f'[state]\ndir = "{tmp_path / "state"}"\n')
+    secret = "tgp-credential-9f2a"
+    (etc / "together_api_key").write_text(secret + "\n")
+    env = {"ROOMSCRIBE_CONFIG": str(cfg), "CREDENTIALS_DIRECTORY": ""}
+    shown = run_cli("check", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert f'"source_path": "{cfg}"' in shown.stdout and '"id": "kitchen"' in shown.stdout
+    assert '"api_key": "(set, hidden)"' in shown.stdout
+    assert secret not in shown.stdout + shown.stderr
+    # A credential that is not text is one line, naming it.
+    (etc / "together_api_key").write_bytes(b"\xff\xfe\x00k")
+    assert_one_line_exit_2(run_cli("check", env=env),
+                           str(etc / "together_api_key"), "not UTF-8")
+    (etc / "together_api_key").unlink()
+    assert_one_line_exit_2(run_cli("check", env=env),
+                           "no API key")

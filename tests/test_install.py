@@ -53,6 +53,10 @@ def test_install_upgrade_uninstall(tmp_path: Path, template: Path) -> None:
         assert (units / unit).read_bytes() == (REPO / "systemd" / unit).read_bytes()
         assert mode(units / unit) == 0o644
 
+    # The commands on the PATH, as seen from the installed root (an image's too).
+    link = root / "usr/local/bin/roomscribe"
+    assert link.is_symlink() and str(link.readlink()) == "/opt/roomscribe/venv/bin/roomscribe"
+
     # The user edits the config; an upgrade must keep the edit.
     (etc / "config.toml").write_text('[device]\nid = "edited"\n')
     second = run("--root", str(root), "--skip-venv", "--config-template", str(template))
@@ -66,6 +70,7 @@ def test_install_upgrade_uninstall(tmp_path: Path, template: Path) -> None:
     assert not (units / "roomscribe.service").exists()
     assert not (units / "roomscribe-server.service").exists()
     assert not (root / "opt/roomscribe").exists()
+    assert not link.is_symlink()
     assert (etc / "config.toml").read_text() == '[device]\nid = "edited"\n'
     assert (etc / "together_api_key").exists()
 
@@ -91,3 +96,17 @@ def test_skip_venv_is_refused_for_a_real_install() -> None:
     result = run("--root", "/", "--skip-venv")
     assert result.returncode != 0
     assert "--skip-venv is only for --root DIR" in result.stderr
+
+
+def test_a_roomscribe_command_not_ours_is_kept(tmp_path: Path, template: Path) -> None:
+    # Someone's own /usr/local/bin/roomscribe (a wrapper, a pip install): neither
+    # replaced by the install nor removed by the uninstall.
+    root = tmp_path / "root"
+    theirs = root / "usr/local/bin/roomscribe"
+    theirs.parent.mkdir(parents=True)
+    theirs.write_text("#!/bin/sh\nexec my-roomscribe \"$@\"\n")
+    done = run("--root", str(root), "--skip-venv", "--config-template", str(template))
+    assert done.returncode == 0, done.stderr
+    assert "kept" in done.stdout and "not ours" in done.stdout
+    assert run("--root", str(root), "--uninstall").returncode == 0
+    assert theirs.read_text().startswith("#!/bin/sh")

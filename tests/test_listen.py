@@ -151,6 +151,44 @@ def test_a_wrong_password_is_one_line_without_the_secret(tmp_path: Path) -> None
         broker.stop()
 
 
+
+def test_run_by_hand_it_logs_in_with_the_services_config_and_password(tmp_path: Path
+                                                                      ) -> None:
+    """On an installed Pi, `sudo roomscribe listen` with no options: the service's
+    config (/etc/roomscribe/config.toml, here named by ROOMSCRIBE_CONFIG) and its
+    password (the mqtt_password credential install.sh puts beside it). It read the
+    defaults and logged in with no password: "refused the connection: Not authorized"."""
+    passwd = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), USER, PASSWORD],
+                   check=True, capture_output=True)
+    broker = start_broker(tmp_path, f"password_file {passwd}\nuser root\n")
+    try:
+        etc = tmp_path / "etc"
+        etc.mkdir()
+        (etc / "config.toml").write_text(
+            f'[device]\nid = "kitchen"\n[mqtt]\nport = {broker.port}\nusername = "{USER}"\n')
+        (etc / "mqtt_password").write_text(PASSWORD + "\n")
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("MQTT_PASSWORD", "CREDENTIALS_DIRECTORY")}
+        out, err = tmp_path / "listen.out", tmp_path / "listen.err"
+        with out.open("wb") as o, err.open("wb") as e:
+            proc = subprocess.Popen([*LISTEN, "--seconds", "60"], stdout=o, stderr=e,
+                                    env={**env, "ROOMSCRIBE_CONFIG": str(etc / "config.toml")})
+        try:
+            wait(lambda: "waiting for transcripts" in err.read_text(), 20, err.read_text())
+            start = time.time()
+            send(broker.port, "kitchen", "Turn on the kitchen lights.", start)
+            wait(lambda: "Turn on the kitchen lights." in out.read_text(), 20,
+                 out.read_text() + err.read_text())
+            assert PASSWORD not in out.read_text() + err.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(scaled(10))
+    finally:
+        broker.stop()
+
+
 def refusing_broker(sock: socket.socket) -> None:
     """MQTT 3.1.1 as a broker whose ACL refuses every subscription (Mosquitto grants
     one and then delivers nothing; brokers such as EMQX and HiveMQ refuse in SUBACK)."""

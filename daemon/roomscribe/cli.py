@@ -22,7 +22,7 @@ USER_ERRORS = (ConfigError, OutboxError, PublishError, CaptureError)
 
 
 def _settings(path: str | None) -> Settings:
-    return config.load(path)
+    return config.load(config.config_path(path))
 
 
 def preflight(settings: Settings) -> None:
@@ -189,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", "-c", metavar="PATH",
-                       help="TOML config file (default: built-in defaults)")
+                       help=f"TOML config file (default: ${config.CONFIG_ENV}, else "
+                       f"{config.SYSTEM_CONFIG} if it exists, else built-in defaults)")
         return p
 
     add("run", "capture, transcribe and publish until stopped").set_defaults(func=cmd_run)

@@ -567,6 +567,25 @@ def parse(text: str, where: str = "<config>") -> Settings:
     return dataclasses.replace(settings, source_path=where)
 
 
+# Where systemd/install.sh puts the config, and beside it the service's credentials.
+SYSTEM_CONFIG = Path("/etc/roomscribe/config.toml")
+CONFIG_ENV = "ROOMSCRIBE_CONFIG"
+
+
+def config_path(given: str | None, environ: typing.Mapping[str, str] = os.environ,
+                system: Path = SYSTEM_CONFIG) -> str | None:
+    """The config a command reads: --config, else $ROOMSCRIBE_CONFIG, else the
+    installed service's (so `roomscribe level` or `listen` on an installed Pi uses the
+    microphone and broker the service uses), else None, the built-in defaults.
+    ROOMSCRIBE_CONFIG="" asks for the built-in defaults even where a service is
+    installed."""
+    if given is not None:
+        return given
+    if CONFIG_ENV in environ:
+        return environ[CONFIG_ENV] or None
+    return str(system) if system.is_file() else None
+
+
 def load(path: str | os.PathLike[str] | None) -> Settings:
     """Load a config file; None means built-in defaults (the annotated config.toml)."""
     if path is None:
@@ -583,21 +602,34 @@ def load(path: str | os.PathLike[str] | None) -> Settings:
 
 
 def _read_secret(env: str, file_setting: str, credential: str, where: str) -> str:
+    """The secret from the variable `env`, else the file named by the setting, else the
+    systemd credential. Outside systemd (a command run by hand on an installed Pi) the
+    credential is the file of that name beside the config file, where install.sh puts
+    it: `sudo roomscribe check --connect` logs in as the service does."""
     value = os.environ.get(env, "").strip()
     if value:
         return value
     if file_setting:
-        try:
-            return Path(file_setting).read_text(encoding="utf-8-sig").strip()
-        except OSError as exc:
-            raise ConfigError(f"{where}: cannot read secret file {file_setting}: "
-                              f"{exc.strerror or exc}") from None
+        return _secret_text(Path(file_setting), f"{where}: cannot read secret file")
     cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
     if cred_dir:
         cred = Path(cred_dir) / credential
-        if cred.is_file():
-            return cred.read_text(encoding="utf-8-sig").strip()
-    return ""
+        return _secret_text(cred, f"{where}: cannot read the credential") if cred.is_file() else ""
+    beside = Path(where).parent / credential
+    if not Path(where).is_file() or not beside.is_file():
+        return ""
+    return _secret_text(beside, f"{where}: cannot read the credential",
+                        f" (run as root, or set {env})")
+
+
+def _secret_text(path: Path, failure: str, hint: str = "") -> str:
+    try:
+        # utf-8-sig: a key saved by a Windows editor starts with a byte-order mark.
+        return path.read_text(encoding="utf-8-sig").strip()
+    except OSError as exc:
+        raise ConfigError(f"{failure} {path}: {exc.strerror or exc}{hint}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{failure} {path}: not UTF-8 text") from None
 
 
 def endpoints(settings: Settings) -> tuple[str, ...]:
