@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import io
 import math
+from collections.abc import AsyncGenerator
 
 import numpy as np
 import pytest
 
 from conftest import AUDIO_DIR
+from roomscribe.audio import Frame
 from roomscribe.config import CaptureSettings
 from roomscribe.level import FLOOR_DBFS, Meter, format_level, run_level
 
@@ -62,3 +64,35 @@ def test_run_level_prints_lines_for_real_speech() -> None:
     rms = [float(line.split()[1]) for line in lines]
     # Speech in a meeting headset mix sits well above the floor and below full scale.
     assert -60 < max(rms) < 0
+
+
+def test_a_mic_another_program_holds_is_named_with_how_to_free_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`roomscribe level` reads the service's config on an installed Pi, so the program
+    holding the mic is most likely the service: not "is the mic plugged in?"."""
+    from roomscribe import level
+    from roomscribe.capture import CaptureError, CaptureStats
+
+    async def retrying() -> AsyncGenerator[Frame, None]:
+        await asyncio.sleep(60)  # the capture stage retrying a busy device: no frame
+        yield Frame(b"", 0.0)
+
+    async def first(stats: CaptureStats) -> None:
+        settings = CaptureSettings(device="plughw:CARD=Device,DEV=0")
+        async for _ in level._soon(retrying(), settings, stats):
+            break
+
+    monkeypatch.setattr(level, "FIRST_AUDIO_S", 0.2)
+    busy = CaptureStats()
+    busy.last_error = "capture.device 'plughw:CARD=Device,DEV=0': Device or resource busy"
+    with pytest.raises(CaptureError) as err:
+        asyncio.run(first(busy))
+    assert str(err.value) == (
+        "level: capture.device 'plughw:CARD=Device,DEV=0': Device or resource busy "
+        "(another program has the mic open, most likely the roomscribe service: "
+        "`sudo systemctl stop roomscribe`, then try again)")
+    gone = CaptureStats()
+    gone.last_error = "capture.device 'plughw:CARD=Device,DEV=0': No such device"
+    with pytest.raises(CaptureError) as err:
+        asyncio.run(first(gone))
+    assert "is the mic plugged in" in str(err.value)

@@ -547,6 +547,18 @@ def _accepts(name: str, rate_hz: int, channels: int) -> str:
         pcm.close()
 
 
+def busy_fix(error: str) -> str:
+    """The fix for a device another program holds ("Device or resource busy"), else "".
+
+    Why its own hint: `roomscribe level` and `check --connect` read the service's config
+    by default, so on an installed Pi the program holding the mic is most likely the
+    service itself, and "is the mic plugged in?" sends the user the wrong way."""
+    if "busy" not in error.lower():
+        return ""
+    return ("another program has the mic open, most likely the roomscribe service: "
+            "`sudo systemctl stop roomscribe`, then try again")
+
+
 def probe_device(name: str) -> DeviceInfo:
     """The common rates and channel counts a capture PCM accepts as S16_LE. A busy or
     absent device comes back with `error` set; a name ALSA does not know raises."""

@@ -20,7 +20,7 @@ from websockets.exceptions import InvalidStatus
 
 from . import broker_login, config, protocol
 from .broker_trouble import LOGIN_TIMEOUT_S, silent_hint
-from .capture import CaptureError, CaptureStats, frames
+from .capture import CaptureError, CaptureStats, busy_fix, frames
 from .config import Settings
 from .level import Meter
 from .retry import describe, settings_refused
@@ -67,13 +67,13 @@ async def check_mic(settings: Settings) -> Result:
                         break
     except CaptureError as exc:
         return Result("microphone", False, str(exc),
-                      "check capture.device with `roomscribe devices`")
+                      busy_fix(str(exc)) or "check capture.device with `roomscribe devices`")
     except TimeoutError:
         return Result("microphone", False,
                       f"{what}: no audio within {MIC_LISTEN_S + 3:.0f} s"
                       f"{' (' + stats.last_error + ')' if stats.last_error else ''}",
-                      "is the mic plugged in and capture.device right? "
-                      "(`roomscribe devices`)")
+                      busy_fix(stats.last_error) or "is the mic plugged in and "
+                      "capture.device right? (`roomscribe devices`)")
     level = meter.take()
     if level.peak_dbfs <= SILENT_PEAK_DBFS:
         return Result("microphone", False, f"{what}: opens but hears nothing "

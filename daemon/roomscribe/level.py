@@ -20,7 +20,7 @@ from typing import TextIO
 import numpy as np
 
 from .audio import Frame
-from .capture import CaptureError, CaptureStats, frames
+from .capture import CaptureError, CaptureStats, busy_fix, frames
 from .config import CaptureSettings
 
 FLOOR_DBFS = -120.0
@@ -98,8 +98,9 @@ async def _soon(source: AsyncGenerator[Frame, None], settings: CaptureSettings,
             f"capture.file {settings.file!r}" if settings.source == "file"
             else f"capture.device {settings.device!r}")
         why = stats.last_error or f"{what}: no audio within {FIRST_AUDIO_S:.0f} s"
-        raise CaptureError(f"level: {why} (is the mic plugged in, and is it the right "
-                           "capture.device? `roomscribe devices` lists them)") from None
+        fix = busy_fix(why) or ("is the mic plugged in, and is it the right "
+                                "capture.device? `roomscribe devices` lists them")
+        raise CaptureError(f"level: {why} ({fix})") from None
     except StopAsyncIteration:
         return
     yield first
