@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mqttkit import transcript
-from roomscribe import config
+from roomscribe import config, credentials, statedir
 from roomscribe.outbox import Outbox
 from roomscribe.publish import Publisher
 from timing import scaled
@@ -26,8 +26,8 @@ def say(word: str) -> None:
 
 async def main(path: str, count: int, prefix: str) -> None:
     settings = config.load(path)
-    outbox = Outbox(config.state_dir(settings) / "outbox.sqlite3")
-    pub = Publisher(settings, outbox, config.mqtt_password(settings))
+    outbox = Outbox(statedir.where(settings) / "outbox.sqlite3")
+    pub = Publisher(settings, outbox, credentials.mqtt_password(settings))
     for i in range(count):
         pub.submit(transcript(f"{prefix} {i}"))
     say("submitted")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from roomscribe import config
+from roomscribe import config, credentials
 from roomscribe.config import ConfigError
 from timing import scaled
 
@@ -39,7 +39,7 @@ def test_a_file_saved_by_a_windows_editor_reads_the_same(tmp_path: Path,
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     settings = config.load(cfg)
     assert settings.device.id == "kitchen"
-    assert config.mqtt_password(settings) == "s3cret"
+    assert credentials.mqtt_password(settings) == "s3cret"
 
 
 @pytest.mark.parametrize(("hostname", "device_id"), [
@@ -136,14 +136,14 @@ def test_key_from_file_and_credentials_directory(tmp_path: Path, monkeypatch:
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     settings = config.parse('[uplink]\nurl = "wss://api.together.ai/v1/realtime"\n', "c")
     with pytest.raises(ConfigError):
-        config.api_key(settings)
+        credentials.api_key(settings)
     (tmp_path / "together_api_key").write_text("from-credential\n")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
-    assert config.api_key(settings) == "from-credential"
+    assert credentials.api_key(settings) == "from-credential"
     keyfile = tmp_path / "key"
     keyfile.write_text("from-file\n")
     with_file = config.parse(f'[uplink]\napi_key_file = "{keyfile}"\n', "c")
-    assert config.api_key(with_file) == "from-file"
+    assert credentials.api_key(with_file) == "from-file"
 
 
 @pytest.mark.parametrize(("url", "message"), [

@@ -14,7 +14,7 @@ import signal
 import time
 from collections.abc import AsyncIterator
 
-from . import config
+from . import config, credentials, statedir
 from .audio import Frame
 from .capture import CaptureStats, frames
 from .config import Settings
@@ -49,14 +49,14 @@ class Daemon:
             keep_samples=self.gate.lookback_samples,
             idle_disconnect_s=settings.gate.idle_disconnect_s,
         )
-        state = config.prepare_state_dir(settings)
-        self._state_lock = config.lock_state_dir(state)
+        state = statedir.prepare(settings)
+        self._state_lock = statedir.lock(state)
         outbox = Outbox(state / "outbox.sqlite3",
                         max_entries=settings.mqtt.outbox_max_entries)
-        self.publisher = Publisher(settings, outbox, config.mqtt_password(settings))
+        self.publisher = Publisher(settings, outbox, credentials.mqtt_password(settings))
         self.integrations = Integrations(settings, self.publisher, state)
         partial = self.publisher.partial if settings.mqtt.publish_partials else None
-        self.uplink = Uplink(up, self.core, config.endpoint_keys(settings),
+        self.uplink = Uplink(up, self.core, credentials.endpoint_keys(settings),
                              on_transcript=self.integrations.transcript,
                              on_partial=partial or (lambda _t: None),
                              on_status=self._uplink_status)

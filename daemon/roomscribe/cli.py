@@ -11,7 +11,7 @@ import sys
 import wave
 from typing import Any
 
-from . import __version__, config, logs
+from . import __version__, config, credentials, logs, statedir
 from .capture import CaptureError
 from .config import ConfigError, Settings
 from .outbox import OutboxError
@@ -33,9 +33,9 @@ def preflight(settings: Settings) -> None:
     """
     from .publish import check_tls
 
-    config.api_key(settings)
-    config.mqtt_password(settings)
-    problem = config.state_dir_problem(settings)
+    credentials.api_key(settings)
+    credentials.mqtt_password(settings)
+    problem = statedir.problem(settings)
     if problem:
         raise ConfigError(problem)
     check_tls(settings)
@@ -82,10 +82,10 @@ def _first_cause(exc: BaseException) -> BaseException:
 
 def _masked(settings: Settings) -> dict[str, Any]:
     data = config.as_dict(settings)
-    data["uplink"]["api_key"] = config.mask(config.api_key(settings))
-    data["mqtt"]["password"] = config.mask(config.mqtt_password(settings))
-    data["server"]["tokens"] = [config.mask(t) for t in settings.server.tokens]
-    data["state"]["effective_dir"] = str(config.state_dir(settings))
+    data["uplink"]["api_key"] = credentials.mask(credentials.api_key(settings))
+    data["mqtt"]["password"] = credentials.mask(credentials.mqtt_password(settings))
+    data["server"]["tokens"] = [credentials.mask(t) for t in settings.server.tokens]
+    data["state"]["effective_dir"] = str(statedir.where(settings))
     return data
 
 
@@ -133,14 +133,14 @@ def cmd_level(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_listen(settings: Settings, args: argparse.Namespace) -> int:
     from .listen import listen
 
-    return listen(settings, config.mqtt_password(settings), count=args.count,
+    return listen(settings, credentials.mqtt_password(settings), count=args.count,
                   timeout_s=args.seconds)
 
 
 def cmd_forget(settings: Settings, _args: argparse.Namespace) -> int:
     from .forget import forget
 
-    return forget(settings, config.mqtt_password(settings), sys.stdout)
+    return forget(settings, credentials.mqtt_password(settings), sys.stdout)
 
 
 def cmd_serve(_settings: Settings, args: argparse.Namespace) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import fcntl
 import os
 import re
 import socket
@@ -601,168 +600,17 @@ def load(path: str | os.PathLike[str] | None) -> Settings:
     return parse(text, str(p))
 
 
-def _read_secret(env: str, file_setting: str, credential: str, where: str) -> str:
-    """The secret from the variable `env`, else the file named by the setting, else the
-    systemd credential. Outside systemd (a command run by hand on an installed Pi) the
-    credential is the file of that name beside the config file, where install.sh puts
-    it: `sudo roomscribe check --connect` logs in as the service does."""
-    value = os.environ.get(env, "").strip()
-    if value:
-        return value
-    if file_setting:
-        return _secret_text(Path(file_setting), f"{where}: cannot read secret file")
-    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
-    if cred_dir:
-        cred = Path(cred_dir) / credential
-        return _secret_text(cred, f"{where}: cannot read the credential") if cred.is_file() else ""
-    beside = Path(where).parent / credential
-    if not Path(where).is_file() or not beside.is_file():
-        return ""
-    return _secret_text(beside, f"{where}: cannot read the credential",
-                        f" (run as root, or set {env})")
-
-
-def _secret_text(path: Path, failure: str, hint: str = "") -> str:
-    try:
-        # utf-8-sig: a key saved by a Windows editor starts with a byte-order mark.
-        return path.read_text(encoding="utf-8-sig").strip()
-    except OSError as exc:
-        raise ConfigError(f"{failure} {path}: {exc.strerror or exc}{hint}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{failure} {path}: not UTF-8 text") from None
-
-
 def endpoints(settings: Settings) -> tuple[str, ...]:
     """The uplink's endpoints in order of preference."""
     return settings.uplink.urls or (settings.uplink.url,)
 
 
-def _is_together_url(url: str) -> bool:
+def is_together_url(url: str) -> bool:
     return (urlsplit(url).hostname or "").endswith(TOGETHER_HOST)
 
 
 def is_together(settings: Settings) -> bool:
-    return any(_is_together_url(u) for u in endpoints(settings))
-
-
-def api_key(settings: Settings) -> str:
-    """The uplink API key; a ConfigError when Together is used without one."""
-    where = settings.source_path or "<defaults>"
-    key = _read_secret("TOGETHER_API_KEY", settings.uplink.api_key_file,
-                       "together_api_key", where)
-    if not key and is_together(settings):
-        raise ConfigError(
-            f"{where}: uplink.url points at Together but no API key was found "
-            "(set TOGETHER_API_KEY, uplink.api_key_file or the together_api_key credential)"
-        )
-    return key
-
-
-def endpoint_keys(settings: Settings) -> tuple[str, ...]:
-    """The secret each endpoint gets (one per endpoints()). Together's key never goes to
-    another host when Together is one of several: a LAN server gets the server token."""
-    urls = endpoints(settings)
-    key = api_key(settings)
-    if not is_together(settings):
-        return tuple(key for _ in urls)  # one kind of server: the key is its token
-    where = settings.source_path or "<defaults>"
-    token = _read_secret("ROOMSCRIBE_SERVER_TOKEN", settings.uplink.server_token_file,
-                         "server_token", where)
-    return tuple(key if _is_together_url(u) else token for u in urls)
-
-
-def mqtt_password(settings: Settings) -> str:
-    where = settings.source_path or "<defaults>"
-    return _read_secret("MQTT_PASSWORD", settings.mqtt.password_file, "mqtt_password", where)
-
-
-def state_dir(settings: Settings) -> Path:
-    if settings.state.dir:
-        return Path(settings.state.dir)
-    systemd_dir = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
-    if systemd_dir:
-        return Path(systemd_dir)
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "roomscribe"
-
-
-# Pending transcripts and the mute state are private: outside systemd's StateDirectory
-# nothing else would keep other local users out.
-STATE_DIR_MODE = 0o700
-STATE_FILE_MODE = 0o600
-
-
-def _state_dir_label(settings: Settings, path: Path) -> str:
-    where = settings.source_path or "<defaults>"
-    setting = "state.dir" if settings.state.dir else "state.dir (default)"
-    return f"{where}: {setting} {str(path)!r}"
-
-
-def state_dir_problem(settings: Settings) -> str | None:
-    """Why the state directory cannot be used or created, without touching it.
-
-    `check` runs this (often as another user than the service: it must not create
-    anything); `run` creates the directory and reports the same mistakes.
-    """
-    path = state_dir(settings)
-    label = _state_dir_label(settings, path)
-    if os.path.lexists(path):
-        if not path.exists():
-            return f"{label} is a broken symbolic link"
-        if not path.is_dir():
-            return f"{label} exists and is not a directory"
-        if not os.access(path, os.W_OK | os.X_OK):
-            return f"{label} is not writable"
-        return None
-    ancestor = path.parent
-    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        return f"{label} cannot be created: {ancestor} is not a directory"
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        return f"{label} cannot be created: no permission to write in {ancestor}"
-    return None
-
-
-def prepare_state_dir(settings: Settings) -> Path:
-    """The state directory, created 0700 if missing; a ConfigError if it is unusable."""
-    problem = state_dir_problem(settings)
-    if problem:
-        raise ConfigError(problem)
-    path = state_dir(settings)
-    try:
-        path.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"{_state_dir_label(settings, path)} cannot be created: "
-                          f"{exc.strerror or exc}") from None
-    return path
-
-
-def lock_state_dir(path: Path) -> typing.IO[bytes] | None:
-    """Hold the state directory for this process: keep the returned file open.
-
-    Why: two daemons on one state directory would share one outbox, each sending the
-    other's transcripts, and one mute state. The lock goes with the process, however
-    it ends. A ConfigError (one line) when another process holds it; None when the
-    lock file cannot be made (a full disk is no reason to stop)."""
-    try:
-        fh = (path / "lock").open("ab")
-    except OSError:
-        return None
-    try:
-        os.fchmod(fh.fileno(), STATE_FILE_MODE)
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.close()
-        raise ConfigError(f"{path}: the state directory is in use by another roomscribe "
-                          "run: give each daemon its own state.dir (and device.id)") from None
-    except OSError:
-        pass  # a file system without locks: run as before
-    return fh
-
-
-def mask(secret: str) -> str:
-    return "(set, hidden)" if secret else "(not set)"
+    return any(is_together_url(u) for u in endpoints(settings))
 
 
 def as_dict(obj: Any) -> dict[str, Any]:

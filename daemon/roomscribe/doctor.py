@@ -18,7 +18,7 @@ from typing import TextIO
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from . import broker_login, config, protocol
+from . import broker_login, config, credentials, protocol
 from .broker_trouble import LOGIN_TIMEOUT_S, silent_hint
 from .capture import CaptureError, CaptureStats, busy_fix, frames
 from .config import Settings
@@ -87,7 +87,7 @@ async def check_server(settings: Settings) -> Result:
     up = settings.uplink
     where = up.url.split("?")[0]
     try:
-        key = config.api_key(settings)
+        key = credentials.api_key(settings)
         async with asyncio.timeout(up.connect_timeout_s):
             async with websockets.connect(protocol.connect_url(up),
                                           additional_headers=protocol.headers(key)) as ws:
@@ -117,7 +117,7 @@ async def check_server(settings: Settings) -> Result:
 def check_broker(settings: Settings) -> Result:
     where = broker_login.where(settings)
     try:
-        client = broker_login.login(settings, config.mqtt_password(settings), "check",
+        client = broker_login.login(settings, credentials.mqtt_password(settings), "check",
                                     f"roomscribe-check-{uuid.uuid4().hex[:8]}")
     except broker_login.LoginError as exc:
         if exc.kind == "refused":

@@ -75,7 +75,7 @@ class Uplink:
         self.settings = settings
         self.core = core
         self.urls = settings.urls or (settings.url,)
-        # One secret per endpoint (config.endpoint_keys); a str is everyone's.
+        # One secret per endpoint (credentials.endpoint_keys); a str is everyone's.
         self._keys = (tuple(api_key for _ in self.urls) if isinstance(api_key, str)
                       else tuple(api_key))
         self.endpoints = Endpoints(len(self.urls), settings.failover_after_s)
