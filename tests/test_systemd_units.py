@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import AUDIO_DIR, REPO
+from roomscribe import credentials
 from timing import scaled
 
 UNITS = REPO / "systemd"
@@ -93,10 +94,13 @@ def test_daemon_unit_keeps_audio_and_the_watchdog() -> None:
     assert d["ExecStart"][0].startswith(f"/{EXEC} run ")
     assert "yes" not in d.get("PrivateDevices", [])  # would hide /dev/snd
     assert d["DeviceAllow"] == ["char-alsa rw"] and d["SupplementaryGroups"] == ["audio"]
-    # Optional secrets: each LoadCredential has a SetCredential fallback of the same id.
-    loaded = {v.split(":")[0] for v in d["LoadCredential"]}
+    # Every secret the daemon reads is loaded from where install.sh puts it (the
+    # server token was not: a LAN server behind Together got no token, 401), and each
+    # is optional: a SetCredential fallback of the same id.
+    loaded = dict(v.split(":", 1) for v in d["LoadCredential"])
     fallback = {v.split(":")[0] for v in d["SetCredential"]}
-    assert loaded == fallback == {"together_api_key", "mqtt_password"}
+    assert set(loaded) == fallback == set(credentials.CREDENTIALS)
+    assert all(path == f"/etc/roomscribe/{name}" for name, path in loaded.items())
 
 
 def test_server_unit_runs_serve_without_devices() -> None:

@@ -12,6 +12,11 @@ from pathlib import Path
 
 from .config import ConfigError, Settings, endpoints, is_together, is_together_url
 
+# The systemd credentials the daemon reads (roomscribe.service loads each from
+# /etc/roomscribe, where install.sh puts them).
+API_KEY, SERVER_TOKEN, MQTT_PASSWORD = "together_api_key", "server_token", "mqtt_password"
+CREDENTIALS = (API_KEY, SERVER_TOKEN, MQTT_PASSWORD)
+
 
 def _read_secret(env: str, file_setting: str, credential: str, where: str) -> str:
     """The secret from the variable `env`, else the file named by the setting, else the
@@ -48,7 +53,7 @@ def api_key(settings: Settings) -> str:
     """The uplink API key; a ConfigError when Together is used without one."""
     where = settings.source_path or "<defaults>"
     key = _read_secret("TOGETHER_API_KEY", settings.uplink.api_key_file,
-                       "together_api_key", where)
+                       API_KEY, where)
     if not key and is_together(settings):
         raise ConfigError(
             f"{where}: uplink.url points at Together but no API key was found "
@@ -66,13 +71,13 @@ def endpoint_keys(settings: Settings) -> tuple[str, ...]:
         return tuple(key for _ in urls)  # one kind of server: the key is its token
     where = settings.source_path or "<defaults>"
     token = _read_secret("ROOMSCRIBE_SERVER_TOKEN", settings.uplink.server_token_file,
-                         "server_token", where)
+                         SERVER_TOKEN, where)
     return tuple(key if is_together_url(u) else token for u in urls)
 
 
 def mqtt_password(settings: Settings) -> str:
     where = settings.source_path or "<defaults>"
-    return _read_secret("MQTT_PASSWORD", settings.mqtt.password_file, "mqtt_password", where)
+    return _read_secret("MQTT_PASSWORD", settings.mqtt.password_file, MQTT_PASSWORD, where)
 
 
 def mask(secret: str) -> str:
