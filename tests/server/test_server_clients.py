@@ -108,6 +108,21 @@ def test_serve_takes_host_and_port_in_either_order(order: list[str], tmp_path: P
     assert len(lines) == 1 and "tokens" in lines[0] and "0.0.0.0" in lines[0], lines
 
 
+def test_serve_without_config_reads_the_one_other_commands_read(tmp_path: Path) -> None:
+    # `roomscribe serve` with no --config read the built-in defaults while every other
+    # command read $ROOMSCRIBE_CONFIG (else the installed /etc/roomscribe/config.toml).
+    # A config that is refused before any model loads shows which one it read.
+    cfg = tmp_path / "lan.toml"
+    cfg.write_text('[server]\nhost = "0.0.0.0"\n')
+    env = {**os.environ, "ROOMSCRIBE_CONFIG": str(cfg)}
+    for command in ([ROOMSCRIBE, "serve"], [sys.executable, "-m", "roomscribe.server"]):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env,
+                              cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and str(cfg) in lines[0] and "tokens" in lines[0], lines
+
+
 # -- audio and words -------------------------------------------------------------------------
 def program(names: list[str], rate: int) -> npt.NDArray[np.int16]:
     gap = np.zeros(int(GAP_S * rate), np.int16)

@@ -59,12 +59,15 @@ async def serve_until_signal(server: ServerSettings) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="roomscribe serve",
                                      description="self-hosted realtime transcription server")
-    parser.add_argument("--config", "-c", metavar="PATH", help="TOML config file")
+    parser.add_argument("--config", "-c", metavar="PATH",
+                        help=f"TOML config file (default: ${config.CONFIG_ENV}, else "
+                        f"{config.SYSTEM_CONFIG} if it exists, else built-in defaults)")
     parser.add_argument("--host", help="address to listen on (overrides server.host)")
     parser.add_argument("--port", type=int, help="port to listen on (overrides server.port)")
     args = parser.parse_args(argv)
     try:
-        settings = config.load(args.config)
+        path = config.config_path(args.config)
+        settings = config.load(path)
         server = settings.server
         if args.host is not None:
             server = dataclasses.replace(server, host=args.host)
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             if not 0 <= args.port <= 65535:
                 raise ConfigError(f"--port {args.port} is out of range [0, 65535]")
             server = dataclasses.replace(server, port=args.port)
-        check_exposure(server, args.config or "<defaults>")
+        check_exposure(server, path or "<defaults>")
         logs.setup(settings.log.level)
     except ConfigError as exc:
         print(f"roomscribe serve: {exc}", file=sys.stderr)
