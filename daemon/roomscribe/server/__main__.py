@@ -12,7 +12,7 @@ import signal
 import socket
 import sys
 
-from .. import config, logs
+from .. import config, credentials, logs
 from ..config import ConfigError, ServerSettings
 
 log = logging.getLogger("roomscribe.server")
@@ -34,8 +34,9 @@ def is_loopback(host: str) -> bool:
 def check_exposure(server: ServerSettings, where: str) -> None:
     if not server.tokens and not server.allow_open and not is_loopback(server.host):
         raise ConfigError(
-            f"{where}: server.host = {server.host!r} is not loopback and server.tokens is "
-            "empty; set tokens, or allow_open = true to serve anyone who can connect")
+            f"{where}: server.host = {server.host!r} is not loopback and there are no "
+            "server tokens; set server.tokens_file (or the server_tokens credential), or "
+            "allow_open = true to serve anyone who can connect")
 
 
 async def serve_until_signal(server: ServerSettings) -> None:
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = config.config_path(args.config)
         settings = config.load(path)
-        server = settings.server
+        server = dataclasses.replace(settings.server,
+                                     tokens=credentials.server_tokens(settings))
         if args.host is not None:
             server = dataclasses.replace(server, host=args.host)
         if args.port is not None:
