@@ -28,11 +28,12 @@ USER, PASSWORD = "mic", "l1sten-Pa55-qz40"
 class Listener:
     """`roomscribe listen` running, its stdout and stderr in files."""
 
-    def __init__(self, tmp: Path, config: Path, *args: str,
+    def __init__(self, tmp: Path, config: Path | None, *args: str,
                  env: dict[str, str] | None = None) -> None:
         self.out, self.err = tmp / "listen.out", tmp / "listen.err"
+        given = ["--config", str(config)] if config else []
         with self.out.open("wb") as out, self.err.open("wb") as err:
-            self.proc = subprocess.Popen([*LISTEN, "--config", str(config), *args],
+            self.proc = subprocess.Popen([*LISTEN, *given, *args],
                                          stdout=out, stderr=err,
                                          env={**os.environ, **(env or {})})
 
@@ -126,12 +127,17 @@ def test_no_broker_there_is_one_line(tmp_path: Path) -> None:
                            f"127.0.0.1:{port}"), line
 
 
-def test_a_wrong_password_is_one_line_without_the_secret(tmp_path: Path) -> None:
+def password_broker(tmp_path: Path) -> Broker:
+    """A Mosquitto that knows USER by PASSWORD (and refuses USER with any other)."""
     passwd = tmp_path / "passwd"
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), USER, PASSWORD],
                    check=True, capture_output=True)
     # "user root": as root, mosquitto would switch to its own user, who cannot read tmp_path.
-    broker = start_broker(tmp_path, f"password_file {passwd}\nuser root\n")
+    return start_broker(tmp_path, f"password_file {passwd}\nuser root\n")
+
+
+def test_a_wrong_password_is_one_line_without_the_secret(tmp_path: Path) -> None:
+    broker = password_broker(tmp_path)
     try:
         config = tmp_path / "config.toml"
         config.write_text(f'[mqtt]\nport = {broker.port}\nusername = "{USER}"\n')
@@ -151,40 +157,30 @@ def test_a_wrong_password_is_one_line_without_the_secret(tmp_path: Path) -> None
         broker.stop()
 
 
-
 def test_run_by_hand_it_logs_in_with_the_services_config_and_password(tmp_path: Path
                                                                       ) -> None:
     """On an installed Pi, `sudo roomscribe listen` with no options: the service's
     config (/etc/roomscribe/config.toml, here named by ROOMSCRIBE_CONFIG) and its
     password (the mqtt_password credential install.sh puts beside it). It read the
     defaults and logged in with no password: "refused the connection: Not authorized"."""
-    passwd = tmp_path / "passwd"
-    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), USER, PASSWORD],
-                   check=True, capture_output=True)
-    broker = start_broker(tmp_path, f"password_file {passwd}\nuser root\n")
+    broker = password_broker(tmp_path)
     try:
         etc = tmp_path / "etc"
         etc.mkdir()
         (etc / "config.toml").write_text(
             f'[device]\nid = "kitchen"\n[mqtt]\nport = {broker.port}\nusername = "{USER}"\n')
         (etc / "mqtt_password").write_text(PASSWORD + "\n")
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("MQTT_PASSWORD", "CREDENTIALS_DIRECTORY")}
-        out, err = tmp_path / "listen.out", tmp_path / "listen.err"
-        with out.open("wb") as o, err.open("wb") as e:
-            proc = subprocess.Popen([*LISTEN, "--seconds", "60"], stdout=o, stderr=e,
-                                    env={**env, "ROOMSCRIBE_CONFIG": str(etc / "config.toml")})
+        heard = Listener(tmp_path, None, "--seconds", "60",
+                         env={"ROOMSCRIBE_CONFIG": str(etc / "config.toml"),
+                              "MQTT_PASSWORD": "", "CREDENTIALS_DIRECTORY": ""})
         try:
-            wait(lambda: "waiting for transcripts" in err.read_text(), 20, err.read_text())
-            start = time.time()
-            send(broker.port, "kitchen", "Turn on the kitchen lights.", start)
-            wait(lambda: "Turn on the kitchen lights." in out.read_text(), 20,
-                 out.read_text() + err.read_text())
-            assert PASSWORD not in out.read_text() + err.read_text()
+            wait(lambda: "waiting for transcripts" in heard.said(), 20, heard.said())
+            send(broker.port, "kitchen", "Turn on the kitchen lights.", time.time())
+            wait(lambda: heard.lines() and "Turn on the kitchen lights." in heard.lines()[-1],
+                 20, heard.said())
+            assert PASSWORD not in "\n".join(heard.lines()) + heard.said()
         finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(scaled(10))
+            heard.stop()
     finally:
         broker.stop()
 
