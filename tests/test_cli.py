@@ -261,7 +261,12 @@ def test_devices_lists_a_working_and_a_broken_pcm(tmp_path: Path) -> None:
                     f' infile "{recording}"\n format "raw"\n}}\n'
                     'pcm.gonemic {\n type file\n slave.pcm "null"\n file "/dev/null"\n'
                     f' infile "{tmp_path / "unplugged" / "in.raw"}"\n format "raw"\n}}\n')
-    done = run_cli("devices", env=clean_env(ALSA_CONFIG_PATH=str(conf)))
+    # With a mistake in the config a command reads by default (the service's, being
+    # edited): `devices` is how the user finds the capture.device to put there.
+    broken = tmp_path / "config.toml"
+    broken.write_text('[capture]\ndevice = "plughw:CARD=\n')
+    done = run_cli("devices", env=clean_env(ALSA_CONFIG_PATH=str(conf),
+                                            ROOMSCRIBE_CONFIG=str(broken)))
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stdout + done.stderr
     lines = {line.split(":")[0]: line for line in done.stdout.splitlines()}

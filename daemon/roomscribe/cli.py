@@ -234,7 +234,9 @@ def _user_error(group: BaseExceptionGroup[BaseException]) -> BaseException | Non
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = _settings(args.config)
+        # `devices` reads no setting: a mistake in the service's config (read by
+        # default) must not stop the command that finds the capture.device to put there.
+        settings = Settings() if args.func is cmd_devices else _settings(args.config)
         logs.setup(settings.log.level)
         result: int = args.func(settings, args)
         return result
