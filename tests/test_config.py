@@ -423,5 +423,4 @@ def test_a_command_run_by_hand_uses_the_services_config_and_credential(
     assert_one_line_exit_2(run_cli("check", env=env),
                            str(etc / "together_api_key"), "not UTF-8")
     (etc / "together_api_key").unlink()
-    assert_one_line_exit_2(run_cli("check", env=env),
-                           "no API key")
+    assert_one_line_exit_2(run_cli("check", env=env), "no API key")
