@@ -117,8 +117,7 @@ def verdict(texts: list[str]) -> tuple[list[str], int]:
         want += [w for w in normalise(refs[name]) if w in offline]
     heard = [w for t in texts for w in normalise(t)]
     matcher = difflib.SequenceMatcher(a=want, b=heard, autojunk=False)
-    found = {i + k for a, _, size in matcher.get_matching_blocks() for i in [a]
-             for k in range(size)}
+    found = {a + k for a, _, size in matcher.get_matching_blocks() for k in range(size)}
     said = sum(len(normalise(refs[n])) for n in NAMES)
     return [w for i, w in enumerate(want) if i not in found], len(heard) - said
 

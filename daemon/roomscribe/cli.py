@@ -188,9 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--config", "-c", metavar="PATH",
-                       help=f"TOML config file (default: ${config.CONFIG_ENV}, else "
-                       f"{config.SYSTEM_CONFIG} if it exists, else built-in defaults)")
+        p.add_argument("--config", "-c", metavar="PATH", help=config.CONFIG_HELP)
         return p
 
     add("run", "capture, transcribe and publish until stopped").set_defaults(func=cmd_run)

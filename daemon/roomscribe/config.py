@@ -571,6 +571,8 @@ def parse(text: str, where: str = "<config>") -> Settings:
 # Where systemd/install.sh puts the config, and beside it the service's credentials.
 SYSTEM_CONFIG = Path("/etc/roomscribe/config.toml")
 CONFIG_ENV = "ROOMSCRIBE_CONFIG"
+CONFIG_HELP = (f"TOML config file (default: ${CONFIG_ENV}, else {SYSTEM_CONFIG} if it "
+               "exists, else built-in defaults)")
 
 
 def config_path(given: str | None, environ: typing.Mapping[str, str] = os.environ,

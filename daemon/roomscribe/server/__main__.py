@@ -60,9 +60,7 @@ async def serve_until_signal(server: ServerSettings) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="roomscribe serve",
                                      description="self-hosted realtime transcription server")
-    parser.add_argument("--config", "-c", metavar="PATH",
-                        help=f"TOML config file (default: ${config.CONFIG_ENV}, else "
-                        f"{config.SYSTEM_CONFIG} if it exists, else built-in defaults)")
+    parser.add_argument("--config", "-c", metavar="PATH", help=config.CONFIG_HELP)
     parser.add_argument("--host", help="address to listen on (overrides server.host)")
     parser.add_argument("--port", type=int, help="port to listen on (overrides server.port)")
     args = parser.parse_args(argv)
