@@ -424,3 +424,33 @@ def test_a_command_run_by_hand_uses_the_services_config_and_credential(
                            str(etc / "together_api_key"), "not UTF-8")
     (etc / "together_api_key").unlink()
     assert_one_line_exit_2(run_cli("check", env=env), "no API key")
+
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to become another user")
+def test_a_service_config_this_user_may_not_see_is_one_line(tmp_path: Path) -> None:
+    """/etc/roomscribe made 0700: a command run as a user stopped on a PermissionError
+    traceback while looking for the config it reads by default."""
+    etc = tmp_path / "etc"
+    etc.mkdir(mode=0o700)
+    (etc / "config.toml").write_text("")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child, as nobody: what it says goes up the pipe
+        said = "no error"
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            config.load(config.config_path(None, {}, etc / "config.toml"))
+        except ConfigError as exc:
+            said = str(exc)
+        except BaseException as exc:  # what would have been a traceback
+            said = f"traceback: {exc!r}"
+        finally:
+            os.write(write, said.encode())
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as fh:
+        said = fh.read()
+    assert said == f"{etc / 'config.toml'}: cannot read: Permission denied", said

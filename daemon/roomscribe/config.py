@@ -586,7 +586,11 @@ def config_path(given: str | None, environ: typing.Mapping[str, str] = os.enviro
         return given
     if CONFIG_ENV in environ:
         return environ[CONFIG_ENV] or None
-    return str(system) if system.is_file() else None
+    try:
+        installed = system.is_file()
+    except OSError:
+        installed = True  # there, but this user may not look: load() says so in one line
+    return str(system) if installed else None
 
 
 def load(path: str | os.PathLike[str] | None) -> Settings:
