@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import os
 import signal
+import sys
 import threading
 import time
 import wave
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Broker, SmallDisk, assert_heard
+from conftest import Broker, SmallDisk, assert_heard, free_port
 from mqttkit import Subscriber, wait
 from roomscribe.outbox import Outbox
 from stack import CLIPS, Proc, Room, daemon_config, make_room, start_daemon, start_server
@@ -124,6 +125,69 @@ channels = 2
     assert availability[0] == b"online" and availability[-1] == b"offline"
     assert all(not m.retain for m in sub.on("transcript"))
     assert "Traceback" not in daemon.output()
+
+
+def test_audio_said_before_an_ntp_clock_step_is_dated_on_the_corrected_clock(
+        tmp_path: Path, broker: Broker) -> None:
+    """A Pi boots on a stale clock with the network (and so the server) not up yet:
+    the daemon captures and buffers, then NTP steps the clock an hour forward, then the
+    server is reached. The buffered sentences must be dated on the corrected clock,
+    each as long as it was said, and a command among them must still fire: it is
+    seconds old, not an hour."""
+    room = make_room(tmp_path / "room.wav", CLIPS[:2], gap_s=1.5)  # 44.1 kHz stereo
+    fifo, step_file, port = tmp_path / "mic.fifo", tmp_path / "clock-step", free_port()
+    config = daemon_config(tmp_path, server_port=port, broker_port=broker.port, extra="""
+[capture]
+source = "alsa"
+device = "roommic"
+rate_hz = 44100
+channels = 2
+[[triggers]]
+name = "address"
+words = "fellow americans"
+topic = "home/test/trigger"
+""")
+    # The server (model load included) may take a while to answer on a slow machine.
+    config.write_text(config.read_text().replace(
+        "[mqtt]\n", "[mqtt]\ntrigger_max_age_s = 600\n", 1))
+    sub = Subscriber(broker.port, topic="#")
+    mic = FifoMic(room.path, fifo)
+    daemon = Proc([sys.executable, str(Path(__file__).parent / "clockstep_child.py"), "run",
+                   "--config", str(config)], tmp_path / "daemon.log",
+                  env={"ALSA_CONFIG_PATH": str(alsa_config(tmp_path, fifo)),
+                       "CLOCK_STEP_FILE": str(step_file)})
+    daemon.start()
+    server_proc = None
+    step_s = 3600.0
+    try:
+        wait(lambda: mic.started_at > 0 and time.time() > mic.started_at + room.spans[-1][1]
+             + 1.0, timeout_s=60, what="both sentences said")
+        step_file.write_text(f"{step_s}")
+        server_proc, _ = start_server(tmp_path, port)
+        last_said_at = mic.started_at + room.spans[-1][0]  # the last sentence's start
+        wait(lambda: any(iso(t["end"]) > last_said_at for t in sub.transcripts())
+             and bool(sub.on("trigger")), timeout_s=120,
+             what=f"transcripts and the trigger; daemon said:\n{daemon.output()[-3000:]}")
+        assert daemon.stop(30) == 0, daemon.output()[-3000:]
+    finally:
+        mic.stop()
+        daemon.stop()
+        if server_proc:
+            server_proc.stop()
+        sub.close()
+    transcripts = sub.transcripts()
+    assert_heard([t["text"] for t in transcripts], room.references)
+    # When each was said, on the stepped clock (the server may split JFK at his pauses).
+    said = [(iso(t["start"]) - mic.started_at - step_s, iso(t["end"]) - mic.started_at - step_s)
+            for t in transcripts]
+    for start, end in said:
+        assert any(a - 1.0 <= start < end <= b + 1.5 for a, b in room.spans), (said, room.spans)
+    assert abs(said[0][0] - room.spans[0][0]) < 1.0, (said, room.spans)
+    assert abs(said[-1][1] - room.spans[-1][1]) < 1.5, (said, room.spans)
+    fired = json.loads(sub.on("trigger")[0].payload)
+    assert fired["trigger"] == "address"
+    out = daemon.output()
+    assert "drifted" not in out and "not firing" not in out and "Traceback" not in out
 
 
 def run_file_daemon(tmp: Path, room: Room, server_port: int, broker: Broker,

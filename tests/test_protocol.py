@@ -83,6 +83,27 @@ def test_transcript_times_come_from_reported_ranges_and_release_the_ring() -> No
     assert core.ring.start == 3250 * 16
 
 
+def test_capture_times_become_wall_times_as_the_wall_clock_reads_when_text_arrives() -> None:
+    # The ring's times are monotonic (here 0 at the first sample); between capture and
+    # the answer NTP stepped the wall clock: the transcript is dated on the new clock.
+    ring = Ring(600)
+    ring.append(Frame(b"\x01\x00" * 6 * 16000, captured_at=100.0))
+    core = ClientCore(ring, model="m")
+    core.gate_open(0)
+    created(core, now=101.0)
+    drain(core, 101.0, flush=True)
+    core.receive(ev("input_audio_buffer.speech_started", item_id="i1", audio_start_ms=1000),
+                 106.0, wall=T0 + 6.0)
+    core.receive(ev("input_audio_buffer.speech_stopped", item_id="i1", audio_end_ms=3250),
+                 106.0, wall=T0 + 6.0)
+    stepped = T0 + 3600.0 + 7.0
+    [t] = core.receive(ev("conversation.item.input_audio_transcription.completed",
+                          item_id="i1", transcript="Hello."), 107.0, wall=stepped)
+    assert isinstance(t, Transcript)
+    assert t.captured_start == T0 + 3600.0 + 1.0 and t.captured_end == T0 + 3600.0 + 3.25
+    assert t.received_at == stepped
+
+
 def test_replay_after_outage_resends_unsettled_audio_and_maps_times() -> None:
     core = core_with_audio(4.0)
     created(core)

@@ -15,7 +15,13 @@ BYTES_PER_SECOND = SAMPLE_RATE_HZ * BYTES_PER_SAMPLE  # 32 000
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """A run of 16 kHz mono s16le audio and the wall-clock time of its first sample."""
+    """A run of 16 kHz mono s16le audio and the capture time of its first sample.
+
+    Capture times are time.monotonic(), not the wall clock: a Pi has no real-time
+    clock, so NTP steps its wall clock (by hours after a power cut) some seconds after
+    boot, while audio is already being captured. The uplink turns them into wall
+    time when a transcript comes back (`ClientCore.receive`), so audio captured
+    before the step and transcribed after it is dated on the corrected clock."""
 
     pcm: bytes
     captured_at: float

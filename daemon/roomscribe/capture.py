@@ -109,7 +109,8 @@ class Stream:
         self._out_samples = 0
 
     def begin(self, first_sample_at: float) -> None:
-        """Start a continuous run whose first sample was captured at this wall time."""
+        """Start a continuous run whose first sample was captured at this time
+        (time.monotonic(), like every capture time: see `audio.Frame`)."""
         self.running = True
         self._anchor = first_sample_at
         self._in_frames = 0
@@ -132,7 +133,7 @@ class Stream:
         return self._convert(final=True)
 
     def drift(self, newest_sample_at: float) -> float:
-        """Wall clock minus sample clock at the newest input sample."""
+        """System (monotonic) clock minus sample clock at the newest input sample."""
         return newest_sample_at - (self._anchor + self._in_frames / self.rate_hz)
 
     def shift(self, seconds: float) -> None:
@@ -339,7 +340,7 @@ def _read_until_stop(pcm: Pcm, settings: CaptureSettings, stats: CaptureStats,
             continue
         empty = 0
         delivered = True
-        newest_at = time.time() - _avail(pcm) / rate
+        newest_at = time.monotonic() - _avail(pcm) / rate
         if not stream.running:
             stream.begin(newest_at - n / rate)
         frame = stream.push(data)
@@ -347,8 +348,8 @@ def _read_until_stop(pcm: Pcm, settings: CaptureSettings, stats: CaptureStats,
             drift = stream.drift(newest_at)
             if abs(drift) >= settings.resync_drift_s:
                 stream.shift(drift)
-                log.info("capture: device clock drifted %.3f s; timestamps re-anchored",
-                         drift)
+                log.info("capture: the sound card's clock drifted %.3f s from the "
+                         "system's; timestamps re-anchored", drift)
         emit(frame)
     return delivered, ""
 
@@ -375,7 +376,7 @@ def stdin_loop(settings: CaptureSettings, stats: CaptureStats, emit: Emit,
             if not whole:
                 continue
             if not stream.running:
-                stream.begin(time.time() - whole / stream.frame_bytes / stream.rate_hz)
+                stream.begin(time.monotonic() - whole / stream.frame_bytes / stream.rate_hz)
             emit(stream.push(data[:whole]))
     finally:
         stats.device_open = False
@@ -410,7 +411,7 @@ async def _file_frames(settings: CaptureSettings,
                                f"{settings.channel}")
         stream = Stream(rate, nch, settings.channel, settings.handoff_ms)
         start_mono = time.monotonic()
-        stream.begin(time.time())
+        stream.begin(start_mono)
         frames_read = 0
         stats.device_open = True
         try:

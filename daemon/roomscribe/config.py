@@ -75,7 +75,7 @@ class CaptureSettings:
     # Captured audio waiting for the pipeline: seconds x 32 000 bytes (10 s = 320 kB).
     # When full the oldest block is dropped and counted.
     queue_s: float = 10.0
-    # Re-anchor timestamps when the device clock has drifted this far from the wall
+    # Re-anchor timestamps when the device clock has drifted this far from the system's
     # clock (a sound card's crystal is off by up to ~100 ppm); 0 never re-anchors.
     resync_drift_s: float = 0.5
 

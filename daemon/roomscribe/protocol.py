@@ -188,6 +188,7 @@ class ClientCore:
     live_point: int = 0  # audio before this was captured before the connection was up
     outage: bool = False  # a connection was lost earlier: later transcripts may be replays
     last_event_at: float = 0.0
+    _to_wall_s: float = 0.0  # wall clock minus monotonic clock at the last frame received
     commit_answered: bool = True  # the server answered our last commit (or none is owed)
     _items: dict[str, _Item] = field(default_factory=dict)
     _open_unranged: bool = False  # a delta arrived from a server that reports no ranges
@@ -388,8 +389,9 @@ class ClientCore:
     # -- receiving -----------------------------------------------------------
     def receive(self, text: str | bytes, now: float, wall: float | None = None
                 ) -> list[Output]:
-        """Handle one server frame; `now` is a monotonic clock, `wall` the Unix time
-        stamped on transcripts as `received_at` (defaults to `now`)."""
+        """Handle one server frame; `now` is the monotonic clock the ring's capture
+        times are on, `wall` the Unix time now (defaults to `now`): transcripts get
+        `received_at` and capture times on the wall clock as it reads now."""
         try:
             event = json.loads(text)
         except (ValueError, UnicodeDecodeError):
@@ -397,6 +399,7 @@ class ClientCore:
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
             return [ServerError("malformed", "server sent an event without a type", True)]
         self.last_event_at = now
+        self._to_wall_s = 0.0 if wall is None else wall - now
         try:
             out = self._dispatch(event["type"], event, now if wall is None else wall)
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
@@ -490,8 +493,8 @@ class ClientCore:
         else:
             guard_ms = self.min_silence_ms + self.pad_ms + self.infer_margin_s * 1000
             end = max(start, self.sent - int(guard_ms) * SAMPLES_PER_MS)
-        captured_start = self.ring.time_at(start)
-        captured_end = self.ring.time_at(end)
+        captured_start = self.ring.time_at(start) + self._to_wall_s
+        captured_end = self.ring.time_at(end) + self._to_wall_s
         self._release(end)
         if text is None or not text.strip():
             return []

@@ -21,7 +21,7 @@ from .audio import BYTES_PER_SAMPLE, SAMPLE_RATE_HZ, Frame
 @dataclass(slots=True)
 class _Chunk:
     start: int  # absolute sample number of the first sample
-    captured_at: float  # wall-clock time of that sample
+    captured_at: float  # capture (monotonic) time of that sample
     pcm: bytes
 
     @property
@@ -93,7 +93,8 @@ class Ring:
         return pos, b"".join(parts)
 
     def time_at(self, sample: int) -> float:
-        """Wall-clock capture time of a sample number (extrapolated outside the held span)."""
+        """Capture (monotonic) time of a sample number (extrapolated outside the held
+        span)."""
         anchor: tuple[int, float] | None = None
         for chunk in self._chunks:
             if chunk.start > sample:
