@@ -6,8 +6,8 @@ onboards it over its API, adds the MQTT integration (discovery on), and runs the
 on a shared recording. Then checks: every entity and device field, the example
 automation from docs/mqtt.md pasted as is (fires once for the sentence; not again when
 the daemon restarts), the mute round trip, availability, the Transcription problem
-sensor and Status, `roomscribe forget`, and Home Assistant's log for warnings or errors
-about our payloads (there must be none).
+sensor and Status, a new device.id (the old device must go), `roomscribe forget`, and
+Home Assistant's log for warnings or errors about our payloads (there must be none).
 
     # once: Home Assistant in its own venv
     uv venv --python python3.13 /tmp/ha-venv
@@ -44,6 +44,7 @@ from mqttkit import Subscriber  # noqa: E402
 from stack import PYTHON, Proc, make_room, start_server  # noqa: E402
 
 DEVICE = "bench"
+RENAMED = "bench-renamed"  # the same microphone after its Pi got a new hostname
 ROOM = "Bench room"
 PHRASE = "country"  # said twice in the JFK clip, in one sentence
 ENTITIES = {
@@ -219,11 +220,12 @@ def docs_automation(old: bool = False) -> str:
     return "- id: docs_example\n" + "".join(f"  {line}\n" for line in yaml.splitlines())
 
 
-def daemon_config(tmp: Path, name: str, wav: Path, broker: int, server: int) -> Path:
+def daemon_config(tmp: Path, name: str, wav: Path, broker: int, server: int,
+                  device: str = DEVICE) -> Path:
     path = tmp / f"{name}.toml"
     path.write_text(f"""
 [device]
-id = "{DEVICE}"
+id = "{device}"
 room = "{ROOM}"
 [capture]
 source = "file"
@@ -239,8 +241,8 @@ dir = "{tmp / 'state'}"
     return path
 
 
-def entity_id(component: str, key: str) -> str:
-    return f"{component}.roomscribe_{DEVICE}_{key}"
+def entity_id(component: str, key: str, device: str = DEVICE) -> str:
+    return f"{component}.roomscribe_{device}_{key}"
 
 
 def main() -> int:
@@ -366,15 +368,39 @@ def main() -> int:
                   json.dumps({k: device.get(k) for k in
                               ("name", "model", "sw_version", "hw_version", "area_id")}))
 
+            # The Pi gets a new hostname, so a new device.id: the old device must go.
             daemon.signal(signal.SIGTERM)
             assert daemon.wait(60) == 0, daemon.output()[-2000:]
-            wait(lambda: ha.state(mute).get("state") == "unavailable", 60, "unavailable")
+            daemon = Proc([*PYTHON, "run", "--config",
+                           str(daemon_config(tmp, "renamed", quiet.path, broker.port,
+                                             server_port, device=RENAMED))],
+                          tmp / "daemon-renamed.log")
+            daemon.start()
+            renamed = [entity_id(c, k, RENAMED) for c, keys in ENTITIES.items() for k in keys]
+            wait(lambda: all(e in ha.states() for e in renamed), 60, "the renamed entities")
+            wait(lambda: not any(e in ha.states() for e in wanted), 60,
+                 "the old device's entities removed")
+
+            def registered(device_id: str) -> bool:
+                return any(["mqtt", f"roomscribe_{device_id}"] in d["identifiers"]
+                           for d in ha.ws({"type": "config/device_registry/list"}))
+            wait(lambda: not registered(DEVICE), 30, "the old device out of the registry")
+            check("renamed device.id: the old device and its entities removed, the new one "
+                  "has every entity", registered(RENAMED))
+            time.sleep(3)
+            check("example automation did not fire on the rename",
+                  ha.state(voice).get("state") == fired)
+
+            daemon.signal(signal.SIGTERM)
+            assert daemon.wait(60) == 0, daemon.output()[-2000:]
+            wait(lambda: ha.state(entity_id("switch", "mute", RENAMED)).get("state")
+                 == "unavailable", 60, "unavailable")
             forget = subprocess.run([*PYTHON, "forget", "--config",
-                                     str(tmp / "quiet.toml")], capture_output=True,
+                                     str(tmp / "renamed.toml")], capture_output=True,
                                     text=True, timeout=60)
             check("roomscribe forget exits 0", forget.returncode == 0,
                   forget.stdout.strip() or forget.stderr.strip())
-            wait(lambda: not any(e in ha.states() for e in wanted), 60, "entities removed")
+            wait(lambda: not any(e in ha.states() for e in renamed), 60, "entities removed")
             check("forget removed every entity", True)
             time.sleep(3)  # anything the removal sets off is in the log by now
             check("example automation did not fire on forget",

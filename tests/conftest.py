@@ -133,6 +133,17 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     b.stop()
 
 
+@pytest.fixture
+def persistent_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A broker that keeps sessions, queued and retained messages across restarts (as
+    root, `user root`: mosquitto would otherwise drop to a user that cannot write here)."""
+    data = tmp_path / "mosquitto-data"
+    data.mkdir()
+    b = start_broker(tmp_path, f"persistence true\npersistence_location {data}/\nuser root\n")
+    yield b
+    b.stop()
+
+
 NUMBERS = {"1813": "eighteen thirteen", "8": "eight"}
 
 

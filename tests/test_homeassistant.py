@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -657,3 +658,100 @@ def test_forget_removes_the_device_and_its_retained_messages(broker: Broker, tmp
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot connect" in lines[0], run.stderr
     assert "Traceback" not in run.stderr
+
+
+# --- a renamed device --------------------------------------------------------------------
+
+def of_device(topics: dict[str, bytes], device: str) -> list[str]:
+    """The retained topics of one device: its entity configs, availability, state, mute."""
+    return sorted(t for t in topics
+                  if f"/roomscribe_{device}/" in t or t.startswith(f"roomscribe/{device}/"))
+
+
+def renamed(cfg: Path, device: str) -> Path:
+    """The same config and state dir with another device.id (a Pi given a new hostname)."""
+    path = cfg.with_name(f"renamed-{device}.toml")
+    path.write_text(re.sub(r'(?m)^id = ".*"$', f'id = "{device}"', cfg.read_text(), count=1))
+    return path
+
+
+@pytest.mark.server
+def test_a_renamed_device_is_removed_from_home_assistant_once_the_broker_is_up(
+        persistent_broker: Broker, tmp_path: Path, server: int) -> None:
+    """device.id defaults to the hostname: renaming the Pi left the old device in Home
+    Assistant, every entity unavailable, for ever. Here the broker is still down when
+    the renamed daemon starts (a power cut: the Pi boots before the broker's machine)."""
+    broker = persistent_broker
+    publish(broker.port, "homeassistant/sensor/other_device/temp/config",
+            b'{"name": "t"}', retain=True)
+    cfg = write_config(tmp_path, broker.port, server, device="raspberrypi")
+    first = start(tmp_path, cfg, "first")
+    try:
+        wait(lambda: len(of_device(retained(broker.port), "raspberrypi")) == 14, 30,
+             f"the first device announced:\n{first.output()[-2000:]}")
+        assert first.stop() == 0, first.output()[-2000:]
+    finally:
+        first.stop()
+    broker.stop()
+    second = start(tmp_path, renamed(cfg, "kitchen"), "second")
+    try:
+        wait(lambda: "removing the old device 'raspberrypi': cannot connect" in
+             second.output(), 30, f"a failed attempt:\n{second.output()[-2000:]}")
+        broker.start()
+
+        def swapped() -> bool:
+            held = retained(broker.port)
+            return len(of_device(held, "kitchen")) == 14 and not of_device(
+                held, "raspberrypi")
+        wait(swapped, 60, f"the old device removed:\n{second.output()[-2000:]}")
+        assert second.stop() == 0, second.output()[-2000:]
+    finally:
+        second.stop()
+    out = second.output()
+    assert "announced as 'raspberrypi' before" in out
+    assert "removed the old device 'raspberrypi' from Home Assistant" in out
+    assert out.count("cannot connect to the broker") <= 2, out  # said once, not per retry
+    held = retained(broker.port)
+    assert held["homeassistant/sensor/other_device/temp/config"] == b'{"name": "t"}'
+    assert of_device(held, "raspberrypi") == []
+    # Recorded: the next start removes nothing more and says nothing of it.
+    third = start(tmp_path, renamed(cfg, "kitchen"), "third")
+    try:
+        wait(lambda: "mqtt: connected" in third.output(), 30, third.output()[-2000:])
+        assert third.stop() == 0, third.output()[-2000:]
+    finally:
+        third.stop()
+    assert "old device" not in third.output()
+    assert len(of_device(retained(broker.port), "kitchen")) == 14
+
+
+@pytest.mark.server
+def test_a_renamed_device_leaves_alone_an_old_id_another_microphone_now_uses(
+        broker: Broker, tmp_path: Path, server: int) -> None:
+    cfg = write_config(tmp_path, broker.port, server, device="hall",
+                       mqtt_extra="keepalive_s = 5\n")
+    first = start(tmp_path, cfg, "first")
+    try:
+        wait(lambda: len(of_device(retained(broker.port), "hall")) == 14, 30,
+             f"the first device announced:\n{first.output()[-2000:]}")
+        assert first.stop() == 0, first.output()[-2000:]
+    finally:
+        first.stop()
+    (tmp_path / "other").mkdir()
+    other = start(tmp_path, write_config(tmp_path / "other", broker.port, server,
+                                         device="hall"), "other")
+    renamed_one = None
+    try:
+        wait(lambda: retained(broker.port).get("roomscribe/hall/availability") == b"online",
+             30, f"the other hall microphone online:\n{other.output()[-2000:]}")
+        renamed_one = start(tmp_path, renamed(cfg, "den"), "renamed")
+        wait(lambda: "left as it is" in renamed_one.output(), 60,  # two keepalives
+             f"the renamed daemon's verdict:\n{renamed_one.output()[-2000:]}")
+        held = retained(broker.port)
+        assert len(of_device(held, "hall")) == 14 and len(of_device(held, "den")) == 14
+        assert held["roomscribe/hall/availability"] == b"online"
+        assert "still reported online by another client" in renamed_one.output()
+    finally:
+        other.stop()
+        if renamed_one:
+            renamed_one.stop()

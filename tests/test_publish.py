@@ -47,16 +47,6 @@ def run_with_publisher(s: Settings, body: Callable[[Publisher, Outbox], Awaitabl
     return outbox
 
 
-@pytest.fixture
-def persistent_broker(tmp_path: Path) -> Iterator[Broker]:
-    """A broker that keeps subscriber sessions and their queued messages across restarts."""
-    data = tmp_path / "mosquitto-data"
-    data.mkdir()
-    b = start_broker(tmp_path, f"persistence true\npersistence_location {data}/\nuser root\n")
-    yield b
-    b.stop()
-
-
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_transcripts_arrive_once_in_order(broker: Broker, tmp_path: Path,
                                           protocol: str) -> None:

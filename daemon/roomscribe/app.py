@@ -14,7 +14,7 @@ import signal
 import time
 from collections.abc import AsyncIterator
 
-from . import config, credentials, statedir
+from . import config, credentials, identity, statedir
 from .audio import Frame
 from .capture import CaptureStats, frames
 from .config import Settings
@@ -53,7 +53,9 @@ class Daemon:
         self._state_lock = statedir.lock(state)
         outbox = Outbox(state / "outbox.sqlite3",
                         max_entries=settings.mqtt.outbox_max_entries)
-        self.publisher = Publisher(settings, outbox, credentials.mqtt_password(settings))
+        self._state_dir = state
+        self._mqtt_password = credentials.mqtt_password(settings)
+        self.publisher = Publisher(settings, outbox, self._mqtt_password)
         self.integrations = Integrations(settings, self.publisher, state)
         partial = self.publisher.partial if settings.mqtt.publish_partials else None
         self.uplink = Uplink(up, self.core, credentials.endpoint_keys(settings),
@@ -154,7 +156,10 @@ class Daemon:
             uplink = tg.create_task(self.uplink.run(), name="uplink")
             publish = tg.create_task(self.publisher.run(), name="publish")
             helpers = [tg.create_task(self._state(), name="state"),
-                       tg.create_task(self.notifier.run_watchdog(), name="watchdog")]
+                       tg.create_task(self.notifier.run_watchdog(), name="watchdog"),
+                       tg.create_task(identity.retire_previous(
+                           self.settings, self._state_dir, self._mqtt_password),
+                           name="retire-old-device")]
             self.notifier.ready()
             log.info("roomscribe %s: capturing from %s, sending to %s",
                      self.settings.device.id, self.settings.capture.source,

@@ -34,10 +34,11 @@ def removal(settings: Settings) -> list[Message]:
 
 
 def retained_devices(client: mqtt.Client, settings: Settings,
-                     deadline: float) -> set[str] | None:
+                     deadline: float) -> dict[str, bytes] | None:
     """The device ids with something retained on the broker (availability, state, or a
-    Home Assistant config of this device.id); None when that cannot be told (the broker
-    refuses the subscription or does not answer in time).
+    Home Assistant config of this device.id), each with its retained availability (b""
+    when none); None when that cannot be told (the broker refuses the subscription or
+    does not answer in time).
 
     Why: with device.id defaulting to the hostname, `forget` run on another machine
     would otherwise clear nothing and report that it removed the device. The retained
@@ -47,7 +48,7 @@ def retained_devices(client: mqtt.Client, settings: Settings,
     probe = f"{m.topic_prefix}/forget-probe-{uuid.uuid4().hex[:12]}"
     ours = f"{m.ha_discovery_prefix}/+/roomscribe_{settings.device.id}/+/config"
     wanted = [f"{m.topic_prefix}/+/availability", f"{m.topic_prefix}/+/state", ours, probe]
-    found: set[str] = set()
+    found: dict[str, bytes] = {}
     subscribed, probed = threading.Event(), threading.Event()
     refused: list[bool] = []
 
@@ -55,10 +56,10 @@ def retained_devices(client: mqtt.Client, settings: Settings,
         if msg.topic == probe:
             probed.set()
         elif msg.retain and msg.payload:
-            if mqtt.topic_matches_sub(ours, msg.topic):
-                found.add(settings.device.id)
-            else:
-                found.add(msg.topic.split("/")[-2])
+            device = (settings.device.id if mqtt.topic_matches_sub(ours, msg.topic)
+                      else msg.topic.split("/")[-2])
+            availability = bytes(msg.payload) if msg.topic.endswith("/availability") else b""
+            found[device] = found.get(device, b"") or availability
 
     def on_subscribe(_c: mqtt.Client, _u: Any, _mid: int, reasons: list[Any],
                      _p: Any) -> None:
@@ -79,10 +80,25 @@ def retained_devices(client: mqtt.Client, settings: Settings,
     return found
 
 
+def clear(client: mqtt.Client, settings: Settings, deadline: float, timeout_s: float,
+          tool: str = "forget") -> None:
+    """Publish the removals and wait (bounded) for every PUBACK; PublishError if not."""
+    infos = [client.publish(msg.topic, msg.encode(), qos=msg.qos, retain=msg.retain)
+             for msg in removal(settings)]
+    for info in infos:
+        try:
+            info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+        except (RuntimeError, ValueError):
+            break  # the connection went: counted below
+    missing = sum(not info.is_published() for info in infos)
+    if missing:
+        raise PublishError(f"{tool}: {missing} of {len(infos)} removals not acknowledged "
+                           f"by {broker_login.where(settings)} within {timeout_s:.0f} s")
+
+
 def forget(settings: Settings, password: str, out: TextIO, timeout_s: float = 10.0) -> int:
     """Clear everything retained for this device; PublishError (one line) on failure."""
     where = broker_login.where(settings)
-    messages = removal(settings)
     deadline = time.monotonic() + timeout_s
     # Its own client id: reusing the daemon's would disconnect a running daemon.
     client = broker_login.login(settings, password, "forget",
@@ -95,17 +111,7 @@ def forget(settings: Settings, password: str, out: TextIO, timeout_s: float = 10
                 f"forget: nothing of device.id {settings.device.id!r} is retained on "
                 f"{where} (devices there: {there}); nothing cleared. Is device.id right? "
                 "(`roomscribe check` shows it; it defaults to this machine's hostname)")
-        infos = [client.publish(msg.topic, msg.encode(), qos=msg.qos, retain=msg.retain)
-                 for msg in messages]
-        for info in infos:
-            try:
-                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
-            except (RuntimeError, ValueError):
-                break  # the connection went: counted below
-        missing = sum(not info.is_published() for info in infos)
-        if missing:
-            raise PublishError(f"forget: {missing} of {len(infos)} removals not acknowledged "
-                               f"by {where} within {timeout_s:.0f} s")
+        clear(client, settings, deadline, timeout_s)
     finally:
         client.disconnect()
         client.loop_stop()
