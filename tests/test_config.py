@@ -427,6 +427,40 @@ def test_a_command_run_by_hand_uses_the_services_config_and_credential(
 
 
 
+def test_relative_paths_are_read_beside_the_config_wherever_it_is_run_from(
+        tmp_path: Path) -> None:
+    """The service runs in /: `password_file = "mqtt.pass"` beside the config worked
+    when tried by hand in /etc/roomscribe and failed as a service, 'cannot read secret
+    file mqtt.pass'. Now every path setting is taken from the config's directory."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "mqtt.pass").write_text("s3cret-Pa55\n")
+    (etc / "tokens").write_text("lan-token-1\n")
+    (tmp_path / "recordings").mkdir()
+    (tmp_path / "recordings" / "room.wav").write_bytes(
+        (REPO / "tests" / "data" / "allison-thank-you-16k.wav").read_bytes())
+    ca = tmp_path / "ca.crt"  # an absolute path stays as written
+    cfg = etc / "config.toml"
+    cfg.write_text('[device]\nid = "kitchen"\n[capture]\nsource = "file"\n'
+                   'file = "../recordings/room.wav"\n'
+                   f'[mqtt]\nusername = "mic"\npassword_file = "mqtt.pass"\nca_file = "{ca}"\n'
+                   '[state]\ndir = "state"\n[server]\ntokens_file = "tokens"\n')
+    env = {"MQTT_PASSWORD": "", "CREDENTIALS_DIRECTORY": "", "ROOMSCRIBE_SERVER_TOKENS": ""}
+    for cwd in ("/", str(etc)):
+        shown = subprocess.run([sys.executable, "-m", "roomscribe", "check", "--config",
+                                str(cfg)], capture_output=True, text=True, cwd=cwd,
+                               timeout=scaled(60), env={**os.environ, **env})
+        assert shown.returncode == 0, shown.stderr
+        effective = json.loads(shown.stdout.split("\n", 1)[1])
+        assert effective["capture"]["file"] == str(etc / "../recordings/room.wav")
+        assert effective["mqtt"]["password_file"] == str(etc / "mqtt.pass")
+        assert effective["mqtt"]["password"] == "(set, hidden)"
+        assert effective["mqtt"]["ca_file"] == str(ca)
+        assert effective["state"]["dir"] == str(etc / "state")
+        assert effective["server"]["tokens"] == ["(set, hidden)"]
+        assert "s3cret" not in shown.stdout + shown.stderr
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to become another user")
 def test_a_service_config_this_user_may_not_see_is_one_line(tmp_path: Path) -> None:
     """/etc/roomscribe made 0700: a command run as a user stopped on a PermissionError

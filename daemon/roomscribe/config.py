@@ -593,6 +593,27 @@ def config_path(given: str | None, environ: typing.Mapping[str, str] = os.enviro
     return str(system) if installed else None
 
 
+# The settings that name a file or directory (server.model is left out: it may be a
+# model's name as well as a directory).
+PATH_SETTINGS = (("capture", "file"), ("uplink", "api_key_file"),
+                 ("uplink", "server_token_file"), ("mqtt", "password_file"),
+                 ("mqtt", "ca_file"), ("mqtt", "cert_file"), ("mqtt", "key_file"),
+                 ("state", "dir"), ("server", "tokens_file"))
+
+
+def _paths_beside(settings: Settings, base: Path) -> Settings:
+    """Relative paths (and ~) in a config file are taken from the file's directory:
+    the service runs in /, a person anywhere, and both must find the same files."""
+    for section, name in PATH_SETTINGS:
+        table = getattr(settings, section)
+        value = getattr(table, name)
+        if value:
+            resolved = str(base / Path(value).expanduser())  # an absolute path stays
+            settings = dataclasses.replace(
+                settings, **{section: dataclasses.replace(table, **{name: resolved})})
+    return settings
+
+
 def load(path: str | os.PathLike[str] | None) -> Settings:
     """Load a config file; None means built-in defaults (the annotated config.toml)."""
     if path is None:
@@ -605,7 +626,7 @@ def load(path: str | os.PathLike[str] | None) -> Settings:
         raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: not UTF-8 text") from None
-    return parse(text, str(p))
+    return _paths_beside(parse(text, str(p)), p.absolute().parent)
 
 
 def endpoints(settings: Settings) -> tuple[str, ...]:
