@@ -44,7 +44,7 @@ from mqttkit import Subscriber  # noqa: E402
 from stack import PYTHON, Proc, make_room, start_server  # noqa: E402
 
 DEVICE = "bench"
-RENAMED = "bench-renamed"  # the same microphone after its Pi got a new hostname
+RENAMED = "den"  # the same microphone after its Pi got a new hostname
 ROOM = "Bench room"
 PHRASE = "country"  # said twice in the JFK clip, in one sentence
 ENTITIES = {

@@ -147,7 +147,9 @@ def start_server(tmp: Path, port: int | None = None, extra: str = "") -> tuple[P
 
 
 def daemon_config(tmp: Path, *, server_port: int, broker_port: int, wav: Path | None = None,
-                  realtime: bool = True, extra: str = "", device: str = "test") -> Path:
+                  realtime: bool = True, extra: str = "", device: str = "test",
+                  mqtt_extra: str = "") -> Path:
+    """A daemon's config; `extra` is appended (tables), `mqtt_extra` goes into [mqtt]."""
     capture = (f'[capture]\nsource = "file"\nfile = "{wav}"\n'
                f"file_realtime = {str(realtime).lower()}\n") if wav else ""
     path = tmp / f"daemon-{device}.toml"
@@ -162,7 +164,7 @@ final_timeout_s = {scaled_s(30)}
 backoff_max_s = 2
 [mqtt]
 port = {broker_port}
-[state]
+{mqtt_extra}[state]
 dir = "{tmp / ('state-' + device)}"
 [log]
 level = "debug"

@@ -474,9 +474,7 @@ def test_huge_transcript_is_cut_and_a_delta_flood_is_rate_limited(tmp_path: Path
 name = "lights"
 words = "lights on"
 topic = "roomscribe/test/lights"
-""")
-    config.write_text(config.read_text().replace(
-        "[mqtt]\n", "[mqtt]\npublish_partials = true\npartial_interval_ms = 250\n", 1))
+""", mqtt_extra="publish_partials = true\npartial_interval_ms = 250\n")
     daemon = start_daemon(tmp_path, config)
     try:
         wait(lambda: bool(sub.on("transcript")), timeout_s=120,

@@ -106,10 +106,9 @@ class StdinDaemon(Proc):
 def write_config(tmp: Path, broker_port: int, server_port: int, *, device: str = "test",
                  mqtt_extra: str = "", extra: str = "") -> Path:
     """stack.daemon_config with stdin capture; mqtt_extra goes into its [mqtt] table."""
-    path = daemon_config(tmp, server_port=server_port, broker_port=broker_port,
-                         device=device, extra='[capture]\nsource = "stdin"\n' + extra)
-    path.write_text(path.read_text().replace("[mqtt]\n", "[mqtt]\n" + mqtt_extra, 1))
-    return path
+    return daemon_config(tmp, server_port=server_port, broker_port=broker_port,
+                         device=device, extra='[capture]\nsource = "stdin"\n' + extra,
+                         mqtt_extra=mqtt_extra)
 
 
 def start(tmp: Path, config_path: Path, name: str = "daemon",
@@ -675,6 +674,17 @@ def renamed(cfg: Path, device: str) -> Path:
     return path
 
 
+def announce_and_stop(tmp: Path, cfg: Path, broker_port: int, device: str) -> None:
+    """Run the daemon until its device is retained on the broker, then stop it cleanly."""
+    first = start(tmp, cfg, "first")
+    try:
+        wait(lambda: len(of_device(retained(broker_port), device)) == 14, 30,
+             f"the first device announced:\n{first.output()[-2000:]}")
+        assert first.stop() == 0, first.output()[-2000:]
+    finally:
+        first.stop()
+
+
 @pytest.mark.server
 def test_a_renamed_device_is_removed_from_home_assistant_once_the_broker_is_up(
         persistent_broker: Broker, tmp_path: Path, server: int) -> None:
@@ -685,13 +695,7 @@ def test_a_renamed_device_is_removed_from_home_assistant_once_the_broker_is_up(
     publish(broker.port, "homeassistant/sensor/other_device/temp/config",
             b'{"name": "t"}', retain=True)
     cfg = write_config(tmp_path, broker.port, server, device="raspberrypi")
-    first = start(tmp_path, cfg, "first")
-    try:
-        wait(lambda: len(of_device(retained(broker.port), "raspberrypi")) == 14, 30,
-             f"the first device announced:\n{first.output()[-2000:]}")
-        assert first.stop() == 0, first.output()[-2000:]
-    finally:
-        first.stop()
+    announce_and_stop(tmp_path, cfg, broker.port, "raspberrypi")
     broker.stop()
     second = start(tmp_path, renamed(cfg, "kitchen"), "second")
     try:
@@ -730,13 +734,7 @@ def test_a_renamed_device_leaves_alone_an_old_id_another_microphone_now_uses(
         broker: Broker, tmp_path: Path, server: int) -> None:
     cfg = write_config(tmp_path, broker.port, server, device="hall",
                        mqtt_extra="keepalive_s = 5\n")
-    first = start(tmp_path, cfg, "first")
-    try:
-        wait(lambda: len(of_device(retained(broker.port), "hall")) == 14, 30,
-             f"the first device announced:\n{first.output()[-2000:]}")
-        assert first.stop() == 0, first.output()[-2000:]
-    finally:
-        first.stop()
+    announce_and_stop(tmp_path, cfg, broker.port, "hall")
     (tmp_path / "other").mkdir()
     other = start(tmp_path, write_config(tmp_path / "other", broker.port, server,
                                          device="hall"), "other")

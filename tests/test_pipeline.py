@@ -69,6 +69,16 @@ class FifoMic:
         self._thread.join(5)
 
 
+# The daemon's [capture] for the FIFO microphone of alsa_config: a 44.1 kHz stereo USB mic.
+ROOM_MIC = """
+[capture]
+source = "alsa"
+device = "roommic"
+rate_hz = 44100
+channels = 2
+"""
+
+
 def alsa_config(tmp: Path, fifo: Path) -> Path:
     conf = tmp / "asound.conf"
     conf.write_text("</usr/share/alsa/alsa.conf>\n"
@@ -92,13 +102,8 @@ def test_real_alsa_capture_of_real_speech_arrives_as_text_on_the_broker(
         tmp_path: Path, broker: Broker, server: int) -> None:
     room = make_room(tmp_path / "room.wav", CLIPS[:3], gap_s=1.5)  # 44.1 kHz stereo
     fifo = tmp_path / "mic.fifo"
-    config = daemon_config(tmp_path, server_port=server, broker_port=broker.port, extra="""
-[capture]
-source = "alsa"
-device = "roommic"
-rate_hz = 44100
-channels = 2
-""")
+    config = daemon_config(tmp_path, server_port=server, broker_port=broker.port,
+                           extra=ROOM_MIC)
     sub = Subscriber(broker.port)
     mic = FifoMic(room.path, fifo)
     daemon = start_daemon(tmp_path, config, env={"ALSA_CONFIG_PATH": str(alsa_config(
@@ -136,20 +141,14 @@ def test_audio_said_before_an_ntp_clock_step_is_dated_on_the_corrected_clock(
     seconds old, not an hour."""
     room = make_room(tmp_path / "room.wav", CLIPS[:2], gap_s=1.5)  # 44.1 kHz stereo
     fifo, step_file, port = tmp_path / "mic.fifo", tmp_path / "clock-step", free_port()
-    config = daemon_config(tmp_path, server_port=port, broker_port=broker.port, extra="""
-[capture]
-source = "alsa"
-device = "roommic"
-rate_hz = 44100
-channels = 2
+    config = daemon_config(tmp_path, server_port=port, broker_port=broker.port,
+                           extra=ROOM_MIC + """
 [[triggers]]
 name = "address"
 words = "fellow americans"
 topic = "home/test/trigger"
-""")
-    # The server (model load included) may take a while to answer on a slow machine.
-    config.write_text(config.read_text().replace(
-        "[mqtt]\n", "[mqtt]\ntrigger_max_age_s = 600\n", 1))
+""",  # the server (model load included) may take a while to answer on a slow machine
+                           mqtt_extra="trigger_max_age_s = 600\n")
     sub = Subscriber(broker.port, topic="#")
     mic = FifoMic(room.path, fifo)
     daemon = Proc([sys.executable, str(Path(__file__).parent / "clockstep_child.py"), "run",
