@@ -15,6 +15,7 @@ to, so a shutdown never waits for an unreachable uplink.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -92,6 +93,9 @@ class StdinDaemon(Proc):
     def _halt_feed(self) -> None:
         self._halt.set()
         self._thread.join(5)
+        if self.proc is not None and self.proc.stdin is not None:
+            with contextlib.suppress(OSError):  # the daemon is gone: nothing to flush to
+                self.proc.stdin.close()
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         rc = super().stop(timeout_s)  # the feed goes on until the daemon has flushed
