@@ -3,6 +3,7 @@ test_homeassistant for the real one)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import stat
@@ -48,3 +49,18 @@ def test_only_another_identity_on_the_same_broker_is_superseded() -> None:
         assert gone is not None and identity.current(gone) == identity.current(old)
         # everything else as configured now: the broker, its login, TLS
         assert dataclasses.replace(gone, device=now.device, mqtt=now.mqtt) == now
+
+
+def test_first_start_and_another_broker_record_without_touching_any_broker(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Port 9 on loopback: nothing listens, so any attempt to connect would be logged.
+    now = settings("kitchen", port=9)
+    asyncio.run(identity.retire_previous(now, tmp_path, ""))
+    assert identity.load(tmp_path) == identity.current(now)
+    identity.save(tmp_path, identity.current(settings("raspberrypi", host="10.0.0.9")))
+    with caplog.at_level(logging.INFO):
+        asyncio.run(identity.retire_previous(now, tmp_path, ""))
+    assert identity.load(tmp_path) == identity.current(now)
+    assert [r.getMessage() for r in caplog.records] == [
+        "the device announced before ('raspberrypi') is on another broker, 10.0.0.9:1883: "
+        "not removed from there (`roomscribe forget` with that config does it)"]

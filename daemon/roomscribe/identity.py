@@ -120,6 +120,10 @@ async def retire_previous(settings: Settings, state_dir: Path, password: str) ->
                  old.discovery_prefix, now.device_id, now.broker)
         await _remove_until_done(old_settings, password,
                                  ONLINE_GRACE_KEEPALIVES * settings.mqtt.keepalive_s)
+    elif old is not None and old.broker != now.broker:
+        log.info("the device announced before (%r) is on another broker, %s: not removed "
+                 "from there (`roomscribe forget` with that config does it)", old.device_id,
+                 old.broker)
     if old != now:
         try:
             save(state_dir, now)
