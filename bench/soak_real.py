@@ -92,7 +92,8 @@ def judge(said: list[Sentence], transcripts: list[dict[str, Any]],
                 in_order=seqs == sorted(seqs))
 
 
-def run(tmp: Path, audio_s: float, seed: int, buffer_s: float) -> dict[str, Any]:
+def run(tmp: Path, audio_s: float, seed: int, buffer_s: float,
+        kinds: list[str]) -> dict[str, Any]:
     rng = random.Random(seed)
     broker = start_broker(tmp, f"persistence true\npersistence_location {tmp}/\nuser root\n")
     server, port = start_server(tmp)
@@ -121,7 +122,7 @@ def run(tmp: Path, audio_s: float, seed: int, buffer_s: float) -> dict[str, Any]
             feeder.feed(min(rng.uniform(20, 60), audio_s - feeder.audio_s))
             if feeder.audio_s >= audio_s:
                 break
-            kind = rng.choice(["server_kill", "proxy_cut", "blackhole", "broker_restart"])
+            kind = rng.choice(kinds)
             down = 0.0 if kind == "proxy_cut" else rng.uniform(1, 12)
             faults.append((kind, feeder.audio_s, down))
             print(f"{feeder.audio_s:7.0f} s: {kind} for {down:.0f} s", flush=True)
@@ -157,6 +158,7 @@ def run(tmp: Path, audio_s: float, seed: int, buffer_s: float) -> dict[str, Any]
         broker.stop()
     said = sentences(feeder.audio_s)
     verdict = judge(said, transcripts, t0)
+    (tmp / "transcripts.json").write_text(json.dumps({"t0": t0, "transcripts": transcripts}))
     text = log.read_text(errors="replace")
     return dict(audio_s=feeder.audio_s, faults=faults, said=len(said),
                 transcripts=len(transcripts), status=status,
@@ -169,9 +171,14 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--buffer-s", type=float, default=0.0,
                         help="buffer.seconds for the daemon (default: its own, 600)")
+    parser.add_argument("--faults", default="server_kill,proxy_cut,blackhole,broker_restart",
+                        help="the kinds to draw from, comma-separated")
+    parser.add_argument("--keep", type=Path, help="keep the logs and transcripts here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as name:
-        r = run(Path(name), args.audio_s, args.seed, args.buffer_s)
+        tmp = args.keep or Path(name)
+        tmp.mkdir(parents=True, exist_ok=True)
+        r = run(tmp, args.audio_s, args.seed, args.buffer_s, args.faults.split(","))
     kinds: dict[str, int] = {}
     for kind, _, _ in r["faults"]:
         kinds[kind] = kinds.get(kind, 0) + 1

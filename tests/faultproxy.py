@@ -3,7 +3,7 @@
 The fault is the point here, so this is the one fake in the suite: it forwards bytes
 both ways until told to `cut()` every connection (a server crash as the client sees
 it), to `blackhole()` (sockets stay open, no byte moves either way: Wi-Fi gone with
-nothing closed), to `refuse()` new connections, or to `refuse_requests()` whose
+nothing closed; `heal()` delivers what was held, as TCP would), to `refuse()` new connections, or to `refuse_requests()` whose
 request line holds a text with an HTTP error (a server that rejects a parameter).
 """
 
@@ -80,8 +80,11 @@ class FaultProxy:
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while data := await reader.read(65536):
-            if self.mode == "blackhole":
-                continue  # swallowed: the peer never hears of it
+            while self.mode == "blackhole":
+                # Held, not dropped: TCP delivers every byte in order once the path is
+                # back, or the connection dies. Bytes dropped from the middle of a stream
+                # (as this proxy once did) are a fault no network makes.
+                await asyncio.sleep(0.05)
             writer.write(data)
             await writer.drain()
         writer.close()

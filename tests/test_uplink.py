@@ -25,7 +25,10 @@ from stack import CLIPS, read_mono_16k, start_server
 from timing import scaled
 
 pytestmark = pytest.mark.server
-T0 = 1_800_000_000.0
+# Capture times are on the monotonic clock (as capture stamps them); transcripts come
+# back on the wall clock, so the audio's start is T0 there.
+MONO_T0 = time.monotonic()
+T0 = MONO_T0 + time.time() - time.monotonic()
 BLOCK = 1024  # samples per captured frame (64 ms)
 
 
@@ -55,7 +58,7 @@ async def stream(uplink: Uplink, ring: Ring, pcm: np.ndarray, speed: float,
         for at in [k for k in faults if k <= t]:
             fault = faults.pop(at)
             await asyncio.to_thread(fault)  # type: ignore[arg-type]
-        ring.append(Frame(pcm[i:i + BLOCK].tobytes(), captured_at=T0 + t))
+        ring.append(Frame(pcm[i:i + BLOCK].tobytes(), captured_at=MONO_T0 + t))
         uplink.audio_arrived()
         await asyncio.sleep(BLOCK / 16000 / speed)
     uplink.stop()
