@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import functools
 import json
 import random
 import re
@@ -34,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +45,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bench")]
 
-from conftest import free_port, normal_words, start_broker, wait_port  # noqa: E402
+from conftest import Broker, free_port, normal_words, start_broker, wait_port  # noqa: E402
 from faultproxy import FaultProxy  # noqa: E402
 from mqttkit import Subscriber  # noqa: E402
 from stack import CLIPS, PYTHON, SERVER, Proc, read_mono_16k, server_config  # noqa: E402
@@ -259,6 +261,38 @@ def coverage(transcripts: list[dict[str, Any]], total_s: float
     return gaps, sum(b - a for a, b in gaps), overlaps, overlap_s
 
 
+FAULTS = ("server_kill", "proxy_cut", "blackhole", "broker_restart")
+
+
+def inject(kind: str, meanwhile: Callable[[], None], proxy: FaultProxy, broker: Broker,
+           kill_server: Callable[[], None], start_server: Callable[[], None]) -> None:
+    """One fault of `kind`; `meanwhile` (the room going on) runs while it lasts."""
+    if kind == "server_kill":
+        kill_server()
+    elif kind == "proxy_cut":
+        proxy.cut()
+    elif kind == "blackhole":
+        proxy.blackhole()
+    else:
+        broker.stop()
+    meanwhile()
+    if kind == "server_kill":
+        start_server()
+    elif kind == "blackhole":
+        proxy.heal()
+    elif kind == "broker_restart":
+        broker.start()
+
+
+def stop_daemon(proc: subprocess.Popen[bytes], rss: Rss, watch: LogWatch) -> None:
+    """Kill the daemon if it is still there; stop watching it; let the broker settle."""
+    if proc.poll() is None:
+        proc.kill()
+    rss.close()
+    watch.close()
+    time.sleep(2)
+
+
 def soak(tmp: Path, audio_s: float, speed: float, seed: int) -> dict[str, Any]:
     rng = random.Random(seed)
     broker = start_broker(tmp, "persistence true\n"
@@ -282,25 +316,11 @@ def soak(tmp: Path, audio_s: float, speed: float, seed: int) -> dict[str, Any]:
             feeder.feed(min(rng.uniform(15, 40) * speed, audio_s - feeder.audio_s))
             if feeder.audio_s >= audio_s:
                 break
-            kind = rng.choice(["server_kill", "proxy_cut", "blackhole", "broker_restart"])
-            down = rng.uniform(1, 12)
+            kind = rng.choice(FAULTS)
+            down = 0.0 if kind == "proxy_cut" else rng.uniform(1, 12)
             fault = Fault(kind, time.time(), feeder.audio_s, down)
-            if kind == "server_kill":
-                light.kill()
-            elif kind == "proxy_cut":
-                proxy.cut()
-                down = 0.0
-            elif kind == "blackhole":
-                proxy.blackhole()
-            else:
-                broker.stop()
-            feeder.feed(down * speed)  # the room goes on during the fault
-            if kind == "server_kill":
-                light.start()
-            elif kind == "blackhole":
-                proxy.heal()
-            elif kind == "broker_restart":
-                broker.start()
+            inject(kind, functools.partial(feeder.feed, down * speed), proxy, broker, light.kill,
+                   light.start)
             if kind != "broker_restart":
                 fault.reconnect_at, fault.buffered_s = watch.ready_after(fault.at)
             faults.append(fault)
@@ -323,11 +343,7 @@ def soak(tmp: Path, audio_s: float, speed: float, seed: int) -> dict[str, Any]:
         proc.stdin.close()
         status = proc.wait(120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        rss.close()
-        watch.close()
-        time.sleep(2)
+        stop_daemon(proc, rss, watch)
         transcripts = sub.transcripts()
         states = [json.loads(m.payload) for m in sub.on("state")]
         sub.close()

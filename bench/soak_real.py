@@ -20,6 +20,7 @@ one id twice, are duplicates.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import sys
@@ -35,7 +36,7 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bench")]
 from conftest import normal_words, reference_texts, start_broker  # noqa: E402
 from faultproxy import FaultProxy  # noqa: E402
 from mqttkit import Subscriber  # noqa: E402
-from soak import Feeder, LogWatch, Rss, daemon_toml, iso, start_daemon  # noqa: E402
+from soak import FAULTS, Feeder, LogWatch, Rss, daemon_toml, inject, iso, start_daemon, stop_daemon  # noqa: E402
 from stack import CLIPS, read_mono_16k, start_server  # noqa: E402
 
 PAUSE_S = 2.0  # soak.speech_loop: 2 s of hiss before each clip and at the end
@@ -97,6 +98,7 @@ def run(tmp: Path, audio_s: float, seed: int, buffer_s: float,
     rng = random.Random(seed)
     broker = start_broker(tmp, f"persistence true\npersistence_location {tmp}/\nuser root\n")
     server, port = start_server(tmp)
+    servers = [server]  # the one running last: a kill starts another on the same port
     proxy = FaultProxy(port)
     sub = Subscriber(broker.port, persistent_id="soak-real-sub")
     config = daemon_toml(tmp, "room", f"ws://127.0.0.1:{proxy.port}/v1/realtime",
@@ -126,35 +128,18 @@ def run(tmp: Path, audio_s: float, seed: int, buffer_s: float,
             down = 0.0 if kind == "proxy_cut" else rng.uniform(1, 12)
             faults.append((kind, feeder.audio_s, down))
             print(f"{feeder.audio_s:7.0f} s: {kind} for {down:.0f} s", flush=True)
-            if kind == "server_kill":
-                server.kill()
-            elif kind == "proxy_cut":
-                proxy.cut()
-            elif kind == "blackhole":
-                proxy.blackhole()
-            else:
-                broker.stop()
-            feeder.feed(down)  # the room goes on during the fault
-            if kind == "server_kill":
-                server, _ = start_server(tmp, port)
-            elif kind == "blackhole":
-                proxy.heal()
-            elif kind == "broker_restart":
-                broker.start()
+            inject(kind, functools.partial(feeder.feed, down), proxy, broker, servers[-1].kill,
+                   lambda: servers.append(start_server(tmp, port)[0]))
         feeder.feed(10)  # quiet after the last sentence
         assert proc.stdin is not None
         proc.stdin.close()
         status = proc.wait(180)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        rss.close()
-        watch.close()
-        time.sleep(2)
+        stop_daemon(proc, rss, watch)
         transcripts = sub.transcripts()
         sub.close()
         proxy.close()
-        server.stop()
+        servers[-1].stop()
         broker.stop()
     said = sentences(feeder.audio_s)
     verdict = judge(said, transcripts, t0)
@@ -171,7 +156,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--buffer-s", type=float, default=0.0,
                         help="buffer.seconds for the daemon (default: its own, 600)")
-    parser.add_argument("--faults", default="server_kill,proxy_cut,blackhole,broker_restart",
+    parser.add_argument("--faults", default=",".join(FAULTS),
                         help="the kinds to draw from, comma-separated")
     parser.add_argument("--keep", type=Path, help="keep the logs and transcripts here")
     args = parser.parse_args()

@@ -3,8 +3,9 @@
 The fault is the point here, so this is the one fake in the suite: it forwards bytes
 both ways until told to `cut()` every connection (a server crash as the client sees
 it), to `blackhole()` (sockets stay open, no byte moves either way: Wi-Fi gone with
-nothing closed; `heal()` delivers what was held, as TCP would), to `refuse()` new connections, or to `refuse_requests()` whose
-request line holds a text with an HTTP error (a server that rejects a parameter).
+nothing closed; `heal()` delivers what was held, as TCP would), to `refuse()` new
+connections, or to `refuse_requests()` whose request line holds a text with an HTTP
+error (a server that rejects a parameter).
 """
 
 from __future__ import annotations
