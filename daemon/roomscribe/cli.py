@@ -41,7 +41,7 @@ def preflight(settings: Settings) -> None:
     check_tls(settings)
     cap = settings.capture
     if cap.source == "file":
-        where = f"{settings.source_path or '<defaults>'}: capture.file {cap.file!r}"
+        where = f"{settings.where}: capture.file {cap.file!r}"
         try:
             with wave.open(cap.file, "rb") as wav:
                 nch, width = wav.getnchannels(), wav.getsampwidth()

@@ -305,6 +305,11 @@ class Settings:
     triggers: tuple[TriggerRule, ...] = ()
     source_path: str = ""
 
+    @property
+    def where(self) -> str:
+        """The config file, as error messages name it."""
+        return self.source_path or "<defaults>"
+
 
 RANGES: dict[str, tuple[float, float]] = {
     "capture.rate_hz": (8000, 192000),

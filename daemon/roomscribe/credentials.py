@@ -53,7 +53,7 @@ def _secret_text(path: Path, failure: str, hint: str = "") -> str:
 
 def api_key(settings: Settings) -> str:
     """The uplink API key; a ConfigError when Together is used without one."""
-    where = settings.source_path or "<defaults>"
+    where = settings.where
     key = _read_secret("TOGETHER_API_KEY", settings.uplink.api_key_file,
                        API_KEY, where)
     if not key and is_together(settings):
@@ -71,14 +71,14 @@ def endpoint_keys(settings: Settings) -> tuple[str, ...]:
     key = api_key(settings)
     if not is_together(settings):
         return tuple(key for _ in urls)  # one kind of server: the key is its token
-    where = settings.source_path or "<defaults>"
+    where = settings.where
     token = _read_secret("ROOMSCRIBE_SERVER_TOKEN", settings.uplink.server_token_file,
                          SERVER_TOKEN, where)
     return tuple(key if is_together_url(u) else token for u in urls)
 
 
 def mqtt_password(settings: Settings) -> str:
-    where = settings.source_path or "<defaults>"
+    where = settings.where
     return _read_secret("MQTT_PASSWORD", settings.mqtt.password_file, MQTT_PASSWORD, where)
 
 
@@ -87,7 +87,7 @@ def server_tokens(settings: Settings) -> tuple[str, ...]:
     ROOMSCRIBE_SERVER_TOKENS, else tokens_file, else the credential server_tokens.
     Why not the config alone: config.toml is world-readable (the service's dynamic
     user reads it), so a token kept there is anyone's on that machine."""
-    where = settings.source_path or "<defaults>"
+    where = settings.where
     text = _read_secret("ROOMSCRIBE_SERVER_TOKENS", settings.server.tokens_file,
                         SERVER_TOKENS, where)
     return tuple(dict.fromkeys([*settings.server.tokens, *text.split()]))

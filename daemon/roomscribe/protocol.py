@@ -188,7 +188,6 @@ class ClientCore:
     live_point: int = 0  # audio before this was captured before the connection was up
     outage: bool = False  # a connection was lost earlier: later transcripts may be replays
     last_event_at: float = 0.0
-    _to_wall_s: float = 0.0  # wall clock minus monotonic clock at the last frame received
     commit_answered: bool = True  # the server answered our last commit (or none is owed)
     _items: dict[str, _Item] = field(default_factory=dict)
     _open_unranged: bool = False  # a delta arrived from a server that reports no ranges
@@ -399,9 +398,8 @@ class ClientCore:
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
             return [ServerError("malformed", "server sent an event without a type", True)]
         self.last_event_at = now
-        self._to_wall_s = 0.0 if wall is None else wall - now
         try:
-            out = self._dispatch(event["type"], event, now if wall is None else wall)
+            out = self._dispatch(event["type"], event, now, now if wall is None else wall)
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
             return [ServerError("malformed", f"bad {event['type']} event: {exc!r}"[:200], True)]
         self._settle_silence(now)
@@ -416,7 +414,8 @@ class ClientCore:
             raise ValueError(f"bad audio time {value!r}")
         return self._ring_at(int(value) * SAMPLES_PER_MS, end)
 
-    def _dispatch(self, kind: str, event: dict[str, Any], wall: float) -> list[Output]:
+    def _dispatch(self, kind: str, event: dict[str, Any], now: float,
+                  wall: float) -> list[Output]:
         if kind == "session.created":
             session = event.get("session")
             self.session_id = str(session.get("id", "")) if isinstance(session, dict) else ""
@@ -467,14 +466,14 @@ class ClientCore:
                 raise ValueError("transcript is not text")
             if self._commit_pos is not None and not self._ranged and not self.server_paces:
                 self.commit_answered = True  # all a server without ranges will say
-            return self._finish(event, wall, text)
+            return self._finish(event, wall - now, wall, text)
         if kind == "conversation.item.input_audio_transcription.failed":
             code, message = _error_fields(event)
             if "event_type" not in event and not event.get("item_id"):
                 # Together: no event_type = the session failed (a close follows); keep
                 # the audio for the next connection instead of settling it.
                 return [ServerError(code, message, fatal=True)]
-            return [*self._finish(event, wall, None), ServerError(code, message)]
+            return [*self._finish(event, wall - now, wall, None), ServerError(code, message)]
         if kind == "error":
             code, message = _error_fields(event)
             if code == "input_audio_buffer_commit_empty":
@@ -483,7 +482,9 @@ class ClientCore:
             return [ServerError(code, message)]
         return []  # unknown types are ignored, as the protocol asks
 
-    def _finish(self, event: dict[str, Any], wall: float, text: str | None) -> list[Output]:
+    def _finish(self, event: dict[str, Any], to_wall_s: float, wall: float,
+                text: str | None) -> list[Output]:
+        """`to_wall_s`: wall clock minus the ring's (monotonic) clock, as of now."""
         item_id = str(event.get("item_id") or "")
         item = self._items.pop(item_id, None) or _Item()
         self._open_unranged = False
@@ -493,8 +494,8 @@ class ClientCore:
         else:
             guard_ms = self.min_silence_ms + self.pad_ms + self.infer_margin_s * 1000
             end = max(start, self.sent - int(guard_ms) * SAMPLES_PER_MS)
-        captured_start = self.ring.time_at(start) + self._to_wall_s
-        captured_end = self.ring.time_at(end) + self._to_wall_s
+        captured_start = self.ring.time_at(start) + to_wall_s
+        captured_end = self.ring.time_at(end) + to_wall_s
         self._release(end)
         if text is None or not text.strip():
             return []

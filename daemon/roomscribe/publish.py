@@ -55,7 +55,7 @@ def check_tls(settings: Settings) -> None:
         if m.cert_file:
             context.load_cert_chain(m.cert_file, m.key_file or None)
     except (OSError, ssl.SSLError) as exc:
-        where = settings.source_path or "<defaults>"
+        where = settings.where
         raise PublishError(
             f"{where}: mqtt TLS (ca_file={m.ca_file!r}, cert_file={m.cert_file!r}, "
             f"key_file={m.key_file!r}): {getattr(exc, 'strerror', None) or exc}") from None

@@ -28,7 +28,7 @@ STATE_FILE_MODE = 0o600
 
 
 def _label(settings: Settings, path: Path) -> str:
-    where = settings.source_path or "<defaults>"
+    where = settings.where
     setting = "state.dir" if settings.state.dir else "state.dir (default)"
     return f"{where}: {setting} {str(path)!r}"
 
