@@ -154,7 +154,9 @@ def test_black_holed_server_is_detected_by_ping_and_replayed(tmp_path: Path,
     assert_heard([t["text"] for t in transcripts], room.references)
     assert_once(transcripts)
     assert any(t["replayed"] for t in transcripts)
-    assert before >= 2 and proxy.connections > before  # noticed, retried, came back
+    # Noticed and retried during the black hole. (After it, a handshake held meanwhile
+    # may simply complete, as TCP delivers it: no new connection is needed.)
+    assert before >= 2
     assert "WARNING roomscribe.uplink" in out
 
 
