@@ -13,6 +13,7 @@ from roomscribe.retry import (
     Verdict,
     classify,
     describe,
+    server_event_error,
     settings_refused,
     should_retry,
 )
@@ -31,6 +32,23 @@ def test_wrong_key_or_model_is_slow_network_trouble_is_transient() -> None:
     assert classify(TimeoutError()) is Verdict.TRANSIENT
     assert classify(UplinkError("auth", Verdict.SLOW)) is Verdict.SLOW
     assert classify(KeyError("bug")) is Verdict.FATAL
+
+
+def test_server_events_end_the_connection_only_when_going_on_cannot_help() -> None:
+    def ends(code: str, fatal: bool = False) -> UplinkError | None:
+        return server_event_error(code, "why", fatal=fatal)
+
+    slow = ends("insufficient_quota")
+    assert slow is not None and classify(slow) is Verdict.SLOW
+    for code, fatal in (("session_expired", False), ("internal", True)):
+        again = ends(code, fatal)
+        assert again is not None and classify(again) is Verdict.TRANSIENT
+        assert not again.elsewhere
+    busy = ends("no_healthy_workers")
+    assert busy is not None and busy.elsewhere and classify(busy) is Verdict.TRANSIENT
+    # One turn failed, or a notice: the session goes on, and so does the audio.
+    assert ends("transcription_failed") is None
+    assert ends("input_audio_buffer_too_small") is None
 
 
 def test_a_bad_request_that_names_no_key_model_or_format_is_taken_for_the_settings() -> None:

@@ -1,7 +1,8 @@
 """The one place that decides retry-or-give-up for the uplink.
 
-Everything the uplink can fail with passes through `classify`; the reconnect loop only
-asks it. A wrong key or model stays wrong, so those are retried slowly and loudly;
+Everything the uplink can fail with passes through `classify`, and every `error` or
+`failed` event the server sends through `server_event_error`; the reconnect loop only
+asks them. A wrong key or model stays wrong, so those are retried slowly and loudly;
 network trouble is retried with capped, fully jittered exponential backoff.
 """
 
@@ -45,6 +46,21 @@ SLOW_CODES = frozenset({
 
 # Refusals that name what is wrong, and it is not the turn_detection settings.
 NOT_VAD_CODES = SLOW_CODES | {"invalid_audio_format", "not_found", "no_healthy_workers"}
+
+
+def server_event_error(code: str, message: str, *, fatal: bool) -> UplinkError | None:
+    """What an `error` or `failed` event ends: the connection (the UplinkError to raise,
+    with its verdict), or nothing (None: logged, and the session goes on). Together and
+    OpenAI send `error` for things that are not always fatal (protocol.md)."""
+    if code in SLOW_CODES:
+        return UplinkError(f"server error {code}: {message}", Verdict.SLOW)
+    if fatal:
+        return UplinkError(f"server ended the session: {code}: {message}")
+    if code == "no_healthy_workers":
+        return UplinkError(f"server has no capacity ({code})", elsewhere=True)
+    if code == "session_expired":  # OpenAI's 60-minute limit: a new session goes on
+        return UplinkError("server ended the session (session_expired)")
+    return None
 
 
 def _status_code(exc: InvalidStatus) -> tuple[int, str]:

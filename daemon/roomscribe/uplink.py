@@ -25,12 +25,12 @@ from . import protocol
 from .config import UplinkSettings, VadSettings
 from .protocol import ClientCore, Partial, Ready, ServerError
 from .retry import (
-    SLOW_CODES,
     Endpoints,
     UplinkError,
     Verdict,
     classify,
     describe,
+    server_event_error,
     settings_refused,
     should_retry,
 )
@@ -336,16 +336,11 @@ class Uplink:
         elif isinstance(out, ServerError):
             if out.malformed:
                 log.warning("uplink: ignored a malformed server event: %s", out.message)
-            elif out.code in SLOW_CODES:
-                raise UplinkError(f"server error {out.code}: {out.message}", Verdict.SLOW)
-            elif out.fatal:
-                raise UplinkError(f"server ended the session: {out.code}: {out.message}")
-            elif out.code == "no_healthy_workers":
-                raise UplinkError(f"server has no capacity ({out.code})", elsewhere=True)
-            elif out.code == "session_expired":
-                raise UplinkError("server ended the session (session_expired)")
-            else:
-                log.warning("uplink: server error %s: %s", out.code, out.message)
+                return
+            ends = server_event_error(out.code, out.message, fatal=out.fatal)
+            if ends is not None:
+                raise ends
+            log.warning("uplink: server error %s: %s", out.code, out.message)
 
     async def _write(self, ws: ClientConnection, reader: asyncio.Task[None],
                      probe: asyncio.Task[None] | None, vad: VadSettings) -> None:
