@@ -101,6 +101,32 @@ def test_server_vad_events_deltas_and_completed() -> None:
     assert coverage(reference_texts()["jfk-44k1-stereo.wav"], text) >= 0.8
 
 
+def test_a_client_that_appends_deltas_shows_each_word_once() -> None:
+    """OpenAI's clients (no input_audio_format in the URL) add each delta to the text so
+    far. Sent whole hypotheses, they would show "And soAnd so myAnd so my fellow"."""
+    d = Driver(Session(replace(params(), appends_deltas=True)))
+    d.stream(np.concatenate([np.concatenate([speech(n), silence(1.5)]) for n in FILES]))
+    shown: dict[str, list[str]] = {}  # item -> what the client showed after each delta
+    steps = finals = 0
+    for e in d.events:
+        if e["type"] == DELTA:
+            assert "transcript" not in e  # the whole text is not theirs to read here
+            before = shown.setdefault(e["item_id"], [""])[-1]
+            shown[e["item_id"]].append(before + e["delta"])
+        elif e["type"] == COMPLETED:
+            final = normalise(e["transcript"])
+            for text in shown.get(e["item_id"], [""])[1:]:
+                words = normalise(text)
+                assert len(words) <= len(final) + 1, (text, e["transcript"])
+                steps += 1
+                finals += words == final[:len(words)]
+    # Words arrive before the final: the long sentences are shown growing.
+    assert max(len(v) - 1 for v in shown.values()) >= 3, shown
+    # What was shown is, nearly always, how the final begins (a word cut off by the end
+    # of the audio so far can still agree twice: "Ask not" was shown as "S").
+    assert steps >= 8 and finals >= 0.8 * steps, (finals, steps, shown)
+
+
 def test_failed_event_when_decoding_fails() -> None:
     s = Session(params(vad=None))
     s.receive(append(speech("lj002-0035-22k05.wav")))

@@ -120,8 +120,12 @@ def test_handshake_formats_and_their_rates(audio_format: str, rate: int) -> None
 def test_handshake_openai_defaults_no_format_and_intent_alone() -> None:
     p = check("model=gpt-4o-transcribe")  # OpenAI's SDKs send no format: pcm16, 24 kHz
     assert (p.input_audio_format, p.rate_hz) == ("pcm16", 24000)
+    assert p.appends_deltas  # and add each delta to the last: they get increments
     p = check("intent=transcription")  # OpenAI's transcription URL names no model
-    assert p.model == "tiny.en"
+    assert p.model == "tiny.en" and p.appends_deltas
+    # Together's clients name the format (it is required there), even its bare alias.
+    assert not check(QUERY).appends_deltas
+    assert not check("model=whisper-1&input_audio_format=pcm16").appends_deltas
 
 
 @pytest.mark.parametrize(("query", "code"), [

@@ -41,6 +41,9 @@ class ConnectParams:
     input_audio_format: str
     intent: str
     vad: VadParams | None  # None: turn_detection off, the client commits
+    # An OpenAI client (no input_audio_format in the URL, which Together requires):
+    # it appends deltas, so it is sent increments (see increments.py).
+    appends_deltas: bool = False
 
     @property
     def rate_hz(self) -> int:
@@ -170,4 +173,4 @@ def check(path: str, authorization: str | Sequence[str] | None, subprotocols: Se
         except ValueError as exc:
             return HandshakeError(400, "invalid_value", f"query parameter {exc}")
     return ConnectParams(model=model, input_audio_format=audio_format, intent=intent,
-                         vad=vad)
+                         vad=vad, appends_deltas="input_audio_format" not in query)

@@ -61,6 +61,7 @@ import numpy.typing as npt
 from ..audio import BYTES_PER_SAMPLE, SAMPLE_RATE_HZ
 from ..convert import Converter
 from .handshake import ConnectParams, format_rate
+from .increments import Increments
 from .vad import Closed, Started, StreamingVad, VadEvent, VadParams
 
 SAMPLES_PER_MS = SAMPLE_RATE_HZ // 1000
@@ -168,6 +169,7 @@ class Session:
         self._hypothesis_seq = 0
         self._hypothesis_shown = 0
         self._shown: tuple[str, str] | None = None  # (item, text) of the last delta
+        self._increments = Increments() if params.appends_deltas else None
         # The speculative final in flight or answered, at most one (see _speculate).
         self._spec: _Spec | None = None
         self._spec_seq = 0
@@ -287,10 +289,15 @@ class Session:
             return []  # a guess often reads what the last partial did: say it once
         self._shown = (job.item_id, text)
         start = self._started[-1][1]
+        timing = {"start": _seconds(start), "duration": _seconds(len(job.pcm))}
+        if self._increments is not None:
+            more = self._increments.next(job.item_id, text)
+            return [self._event("conversation.item.input_audio_transcription.delta",
+                                item_id=job.item_id, content_index=0, delta=more,
+                                **timing)] if more else []
         return [self._event("conversation.item.input_audio_transcription.delta",
                             item_id=job.item_id, content_index=0, delta=text,
-                            transcript=text, start=_seconds(start),
-                            duration=_seconds(len(job.pcm)))]
+                            transcript=text, **timing)]
 
     def _finish(self, item: str, transcript: str | None, error: str | None) -> list[Output]:
         self._processed_due = True
