@@ -372,6 +372,59 @@ def test_openai_ga_transcription_60s_every_word(served: Served) -> None:
     print(f"openai GA: {len(pcm) / 24000:.1f} s on one connection, {n} of {n} target words")
 
 
+def test_openai_ga_deltas_add_up_to_how_the_final_begins(served: Served) -> None:
+    """OpenAI's clients add each delta to the text so far (LiveKit's OpenAI plugin:
+    `current_text += delta`). Paced as a microphone, so that partials run."""
+    from openai import OpenAI
+    from openai.types.realtime import (
+        ConversationItemInputAudioTranscriptionCompletedEvent,
+        ConversationItemInputAudioTranscriptionDeltaEvent,
+        RealtimeErrorEvent,
+    )
+
+    client = OpenAI(api_key=KEY, base_url=f"http://127.0.0.1:{served.port}/v1")
+    pcm = program([JFK], 24000)
+    shown: dict[str, str] = {}
+    done: dict[str, str] = {}
+    with client.realtime.connect(model="gpt-4o-transcribe") as conn:
+        timer = bounded(conn, 120)
+
+        def microphone() -> None:
+            start = time.monotonic()
+            for i, chunk in enumerate(chunks(pcm, 24000)):
+                conn.input_audio_buffer.append(audio=base64.b64encode(chunk).decode())
+                time.sleep(max(0.0, start + (i + 1) * 0.1 - time.monotonic()))
+            conn.input_audio_buffer.commit()
+
+        sender = threading.Thread(target=microphone, daemon=True)
+        sender.start()
+        committed: list[str] = []
+        answered = False
+        while not (answered and set(done) >= set(committed)):
+            event = recv(conn)
+            if isinstance(event, ConversationItemInputAudioTranscriptionDeltaEvent):
+                shown[event.item_id] = shown.get(event.item_id, "") + (event.delta or "")
+            elif isinstance(event, ConversationItemInputAudioTranscriptionCompletedEvent):
+                done[event.item_id] = event.transcript
+            elif event.type == "input_audio_buffer.committed":
+                committed.append(event.item_id)
+                answered |= (event.model_extra or {}).get("audio_end_ms", 0) \
+                    >= len(pcm) * 1000 // 24000
+            elif isinstance(event, RealtimeErrorEvent):
+                assert event.error.code == COMMIT_EMPTY, event
+                answered = True
+        sender.join(10)
+        timer.cancel()
+    check_words([done[i] for i in committed], [JFK])
+    assert shown, "no deltas"
+    for item, text in shown.items():
+        # Each word once: whole hypotheses added up would read "And soAnd so my ...".
+        assert len(normalise(text)) <= len(normalise(done[item])) + 1, (text, done[item])
+    longest = max(shown.values(), key=len)
+    assert len(normalise(longest)) >= 5, shown  # the long sentence was shown growing
+    print(f"openai GA deltas: {shown}")
+
+
 def test_openai_beta_transcription_manual_commits(served: Served) -> None:
     from openai import OpenAI
     from openai.types.beta.realtime import (
