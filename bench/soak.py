@@ -239,26 +239,35 @@ class Fault:
 
 
 def coverage(transcripts: list[dict[str, Any]], total_s: float
-             ) -> tuple[list[tuple[float, float]], float, int, float]:
-    """(gaps, lost s, overlapping pairs, overlap s) of [0, total_s] on the audio
-    timeline; sample 0 is the start of the first light-server segment."""
-    spans = sorted((iso(t["start"]), iso(t["end"])) for t in transcripts)
+             ) -> tuple[list[tuple[float, float]], float, list[str], float]:
+    """(gaps, lost s, overlapping pairs described, overlap s) of [0, total_s] on the
+    audio timeline; sample 0 is the start of the first light-server segment."""
+    spans = sorted(((iso(t["start"]), iso(t["end"]), t) for t in transcripts),
+                   key=lambda x: (x[0], x[1]))
     if not spans:
-        return [(0.0, total_s)], total_s, 0, 0.0
+        return [(0.0, total_s)], total_s, [], 0.0
     t0 = spans[0][0]
     gaps: list[tuple[float, float]] = []
-    reach, overlaps, overlap_s = 0.0, 0, 0.0
-    for s, e in spans:
+    overlaps: list[str] = []
+    reach, overlap_s, last = 0.0, 0.0, spans[0][2]
+    for s, e, t in spans:
         s, e = s - t0, e - t0
         if s > reach + 0.05:
             gaps.append((reach, s))
         elif s < reach - 0.05:
-            overlaps += 1
+            overlaps.append(f"{s:.2f}-{e:.2f} s {_short(t)} over ...-{reach:.2f} s "
+                            f"{_short(last)}")
             overlap_s += min(reach, e) - s
-        reach = max(reach, e)
+        if e > reach:
+            reach, last = e, t
     if total_s - reach > 0.05:
         gaps.append((reach, total_s))
     return gaps, sum(b - a for a, b in gaps), overlaps, overlap_s
+
+
+def _short(t: dict[str, Any]) -> str:
+    return (f"[seq {t.get('seq')}, session {str(t.get('session'))[-6:]}"
+            f"{', replayed' if t.get('replayed') else ''}: {t.get('text', '')[:40]!r}]")
 
 
 FAULTS = ("server_kill", "proxy_cut", "blackhole", "broker_restart")
@@ -469,7 +478,7 @@ def report(s: dict[str, Any], drain: dict[str, Any]) -> None:
         ("ring overflow (state dropped_s, max)", f"{s['dropped_s']} s"),
         ("duplicated by id", str(s["dup_ids"])),
         ("duplicated by content (overlapping audio)",
-         f"{s['overlaps']} ({s['overlap_s']:.1f} s)"),
+         f"{len(s['overlaps'])} ({s['overlap_s']:.1f} s)"),
         ("longest uplink outage survived with zero loss (audio s)",
          f"{max(ok):.0f} s" if ok else "none"),
         ("10-min outage: audio fed while down / buffered at reconnect",
@@ -492,6 +501,9 @@ def report(s: dict[str, Any], drain: dict[str, Any]) -> None:
     lost = [f for f in faults if f.lost]
     if lost:
         print("faults with loss:", ", ".join(f"{f.kind}@{f.pos_s:.0f}s" for f in lost))
+    for line in s["overlaps"]:
+        print("overlap:", line)
+    print("faults (audio s):", ", ".join(f"{f.kind}@{f.pos_s:.0f}" for f in faults))
 
 
 def main() -> int:
@@ -500,13 +512,14 @@ def main() -> int:
     parser.add_argument("--speed", type=float, default=25.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--drain-loops", type=int, default=3)
+    parser.add_argument("--keep", type=Path, help="keep the logs here")
     parser.add_argument("--light-server", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.light_server:
         light_server_main(args.light_server)
         return 0
     with tempfile.TemporaryDirectory() as name:
-        tmp = Path(name)
+        tmp = args.keep or Path(name)
         (tmp / "soak").mkdir()
         (tmp / "drain").mkdir()
         drain = real_server_drain(tmp / "drain", args.drain_loops)

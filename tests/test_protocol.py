@@ -302,6 +302,10 @@ def test_a_server_that_never_reports_progress_is_not_waited_for() -> None:
     assert drain(core, 4.0) == []  # still probing
     assert sent_samples(drain(core, 5.0, flush=True)) == 50 * 16000  # it does not pace
     assert core.server_paces is False
+    # Nor is its silence a stalled window: a commit would cut the sentence being said
+    # (bench/soak.py saw one every window_stall_s for the rest of the connection).
+    assert not core.window_full
+    assert not any(core.commit_due(5.0 + s) for s in (15.0, 30.0, 300.0))
 
 
 def test_a_window_stalled_without_progress_commits_once_per_stall() -> None:

@@ -313,6 +313,7 @@ class ClientCore:
             self._blocked_since = now
         if self.server_paces is None and now - self._blocked_since >= self.pace_probe_s:
             self.server_paces = False  # it never said how far it got: do without
+            self._blocked_since = None  # and its silence is no stall to commit for
             return self.chunk_samples
         return 0
 
