@@ -366,8 +366,9 @@ def soak(tmp: Path, audio_s: float, speed: float, seed: int) -> dict[str, Any]:
     for fault in faults:
         end_pos = fault.pos_s + (max(fault.reconnect_at, fault.at + fault.wall_s)
                                  - fault.at) * speed
-        # A gap from phase 2's outage on is that outage's, not a phase-1 fault's.
-        fault.lost = any(a < min(end_pos + 10, p0 - 1) and b > fault.pos_s - 10
+        # A gap reaching phase 2's outage is that outage's (its buffer overflows by the
+        # unconfirmed audio before it), not a phase-1 fault's.
+        fault.lost = any(a < end_pos + 10 and fault.pos_s - 10 < b < p0 - 10
                          for a, b in gaps)
     outage["lost"] = any(a < p1 + 10 and b > p0 - 10 for a, b in gaps)
     ids = [t["id"] for t in transcripts]
