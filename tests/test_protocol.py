@@ -308,6 +308,18 @@ def test_a_server_that_never_reports_progress_is_not_waited_for() -> None:
     assert not any(core.commit_due(5.0 + s) for s in (15.0, 30.0, 300.0))
 
 
+def test_whether_a_server_paces_is_known_per_endpoint_not_per_daemon() -> None:
+    core = core_with_audio(60.0)
+    created(core)
+    core.receive(ev("input_audio_buffer.processed", processed_ms=0), 0.0)
+    assert core.server_paces is True
+    # Another endpoint (the uplink passes what it learned of each): probed afresh.
+    core.connection_made(1.0)
+    assert core.server_paces is None
+    core.connection_made(2.0, server_paces=False)
+    assert core.server_paces is False
+
+
 def test_a_window_stalled_without_progress_commits_once_per_stall() -> None:
     """A server holding one long open segment (turn detection off) would never move
     its watermark: a commit makes it finish that segment."""

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import websockets
+from websockets.asyncio.server import ServerConnection
 
 from conftest import assert_heard, free_port, reference_texts
 from faultproxy import FaultProxy
@@ -22,6 +24,7 @@ from roomscribe.ring import Ring
 from roomscribe.transcript import Transcript
 from roomscribe.uplink import Uplink
 from stack import CLIPS, read_mono_16k, start_server
+from test_faults import LoopServer
 from timing import scaled
 
 pytestmark = pytest.mark.server
@@ -42,7 +45,7 @@ def room_pcm(clips: list[str], gap_s: float = 2.0) -> tuple[np.ndarray, list[tup
     return np.concatenate(parts).astype(np.int16), spans
 
 
-def settings(port: int, **kw: float) -> UplinkSettings:
+def settings(port: int, **kw: object) -> UplinkSettings:
     return UplinkSettings(url=f"ws://127.0.0.1:{port}/v1/realtime", final_timeout_s=scaled(30),
                           backoff_max_s=1.0, connect_timeout_s=scaled(5), ping_interval_s=1,
                           ping_timeout_s=2, **kw)  # type: ignore[arg-type]
@@ -66,10 +69,12 @@ async def stream(uplink: Uplink, ring: Ring, pcm: np.ndarray, speed: float,
 
 
 def run(port: int, pcm: np.ndarray, speed: float = 4.0,
-        faults: dict[float, object] | None = None, **kw: float) -> list[Transcript]:
+        faults: dict[float, object] | None = None, window_s: float = 30.0,
+        **kw: object) -> list[Transcript]:
     got: list[Transcript] = []
     ring = Ring(600)
-    core = ClientCore(ring, model="openai/whisper-large-v3")
+    core = ClientCore(ring, model="openai/whisper-large-v3",
+                      window_samples=int(window_s * 16000))  # as app.py sets it
     core.gate_open(0)  # gate off: send everything
     uplink = Uplink(settings(port, **kw), core, "", on_transcript=got.append)
     asyncio.run(stream(uplink, ring, pcm, speed, faults))
@@ -141,6 +146,62 @@ def test_black_holed_server_is_detected_and_replayed(tmp_path: Path) -> None:
     check(got, clips, spans)
     assert proxy.connections >= 2  # the dead socket was noticed and replaced
     assert time.monotonic() - started < 80
+
+
+class WithoutWatermark(LoopServer):
+    """The real server, as Together's older servers speak: no
+    `input_audio_buffer.processed` (the one difference, and the point)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        super().__init__()
+
+    async def _handler(self, conn: ServerConnection) -> None:
+        assert conn.request is not None
+        url = f"ws://127.0.0.1:{self.target_port}{conn.request.path}"
+        async with websockets.connect(url, max_size=None) as up:
+
+            async def down() -> None:
+                async for message in up:
+                    if json.loads(message).get("type") != "input_audio_buffer.processed":
+                        await conn.send(message)
+
+            async def upward() -> None:
+                async for message in conn:
+                    await up.send(message)
+
+            tasks = [asyncio.create_task(down()), asyncio.create_task(upward())]
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def test_failing_over_to_a_server_without_a_watermark_keeps_sending(tmp_path: Path) -> None:
+    """Pacing is learned per endpoint: the first (ours) sends `processed`, the second
+    does not. Kept from the first, the daemon sent the second one window (20 s here)
+    and then waited for a watermark that never came: the last clip was never heard."""
+    server, port = start_server(tmp_path)
+    proxy = FaultProxy(port)
+    legacy = WithoutWatermark(port)
+    pcm, spans = room_pcm(CLIPS + CLIPS)
+
+    def primary_gone() -> None:
+        proxy.refuse()
+        proxy.cut()
+
+    try:
+        got = run(proxy.port, pcm, faults={spans[len(CLIPS) - 1][1] + 1: primary_gone},
+                  urls=(f"ws://127.0.0.1:{proxy.port}/v1/realtime",
+                        f"ws://127.0.0.1:{legacy.port}/v1/realtime"),
+                  window_s=20, failback_probe_s=600)
+    finally:
+        legacy.close()
+        proxy.close()
+        server.stop()
+    check(got, CLIPS + CLIPS, spans)
+    switch = T0 + spans[len(CLIPS) - 1][1] + 1
+    assert any(t.captured_start > switch for t in got)  # the second pass was heard
 
 
 def test_the_connection_check_says_when_a_server_refuses_the_vad_settings(tmp_path: Path) -> None:

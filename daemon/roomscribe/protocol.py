@@ -199,8 +199,9 @@ class ClientCore:
     # Flow control (see the module doc): at most this much audio beyond the server's
     # `processed` watermark is in flight (30 s = 960 kB, 1.3 MB as base64 JSON).
     window_samples: int = 30 * SAMPLE_RATE_HZ
-    # Whether the server sends `processed` (learned once, kept across reconnects); one
-    # that sent none while we waited pace_probe_s at a full window does not.
+    # Whether the server sends `processed` (learned once per endpoint: the uplink keeps
+    # what each said and passes it to connection_made); one that sent none while we
+    # waited pace_probe_s at a full window does not.
     server_paces: bool | None = None
     pace_probe_s: float = 5.0
     # Waiting this long at a full window with no progress, commit: the server may be
@@ -217,7 +218,10 @@ class ClientCore:
     _sent_marks: deque[tuple[int, float]] = field(default_factory=deque)
 
     # -- connection lifecycle -------------------------------------------------
-    def connection_made(self, now: float) -> None:
+    def connection_made(self, now: float, server_paces: bool | None = None) -> None:
+        """`server_paces`: what this endpoint showed on an earlier connection (None:
+        not known yet, so it is probed)."""
+        self.server_paces = server_paces
         self.sent = self.ring.start
         self.server_pos = 0
         self._runs.clear()

@@ -94,6 +94,9 @@ class Uplink:
         self._deadline = float("inf")  # after stop(): give up the flush then
         # The last commit after stop() was answered and every segment came back.
         self.flushed = False
+        # Whether each endpoint sends `processed` (Together's older servers do not, ours
+        # does), as learned on an earlier connection to it.
+        self._paces: dict[int, bool | None] = {}
         self._paces_logged: bool | None = None
 
     # -- called by the app ---------------------------------------------------
@@ -225,7 +228,8 @@ class Uplink:
             raise
         self.core.model = endpoint_model(self.urls[index], s.model)
         vad = self._settings_for(index).vad  # what this session was opened with
-        self.core.connection_made(time.monotonic())
+        self.core.connection_made(time.monotonic(), self._paces.get(index))
+        self._paces_logged = self._paces.get(index)  # say only what is new of it
         self._first_is_back = 0.0
         try:
             async with asyncio.TaskGroup() as tg:
@@ -245,6 +249,7 @@ class Uplink:
                 raise _HealthyDrop() from exc
             raise exc from None
         finally:
+            self._paces[index] = self.core.server_paces
             with contextlib.suppress(Exception):
                 await ws.close()
         self.connected = False
