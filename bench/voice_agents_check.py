@@ -14,15 +14,16 @@ docs say but for the host:
 
 Each gets the four shared recordings at real time (1.5 s of silence between) and is
 checked for what its user would see: every word tiny.en gets offline, in order, none
-twice; for LiveKit also no interim saying a word twice ("And soAnd so my", which
-whole-hypothesis deltas gave) and each interim how its final begins.
+twice; for LiveKit also no interim longer than its final (whole-hypothesis deltas
+added up gave "And soAnd so my ..."), and how many interims are how their final begins
+(counted, not required: a word cut off by the audio so far can agree twice).
 
     # once: each framework in its own venv
     uv venv --python 3.11 /tmp/lk-venv
     uv pip install --python /tmp/lk-venv/bin/python livekit-agents==1.8.9 \\
-        livekit-plugins-openai
+        livekit-plugins-openai==1.8.9
     uv venv --python 3.11 /tmp/oa-venv
-    uv pip install --python /tmp/oa-venv/bin/python "openai-agents[voice]"
+    uv pip install --python /tmp/oa-venv/bin/python "openai-agents[voice]==0.24.0"
     # then (either or both)
     uv run --extra server python bench/voice_agents_check.py \\
         --livekit /tmp/lk-venv/bin/python --openai-agents /tmp/oa-venv/bin/python
