@@ -205,16 +205,17 @@ class LoopServer:
         self._thread.join(10)
 
 
-class GarbageRelay(LoopServer):
-    """Relays the daemon to the real server and injects bad events into what the
-    daemon receives: the GARBAGE set after every session.created and completed, and
-    once (after the first completed) a 2 MiB frame, over the daemon's 1 MiB limit."""
+class Relay(LoopServer):
+    """Relays the daemon to the real server; `down` decides what of each server event
+    the daemon receives (here: all of it)."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.sessions = 0
-        self.huge_sent = False
         super().__init__()
+
+    async def down(self, conn: ServerConnection, message: str | bytes) -> None:
+        await conn.send(message)
 
     async def _handler(self, conn: ServerConnection) -> None:
         assert conn.request is not None
@@ -222,27 +223,37 @@ class GarbageRelay(LoopServer):
         url = f"ws://127.0.0.1:{self.target_port}{conn.request.path}"
         async with websockets.connect(url, max_size=None) as up:
 
-            async def down() -> None:
+            async def downward() -> None:
                 async for message in up:
-                    await conn.send(message)
-                    kind = json.loads(message).get("type", "")
-                    if kind.endswith(".completed") and not self.huge_sent:
-                        self.huge_sent = True
-                        await conn.send(json.dumps({"type": "padding",
-                                                    "blob": "x" * (2 << 20)}))
-                    if kind == "session.created" or kind.endswith(".completed"):
-                        for bad in GARBAGE:
-                            await conn.send(bad)
+                    await self.down(conn, message)
 
             async def upward() -> None:
                 async for message in conn:
                     await up.send(message)
 
-            tasks = [asyncio.create_task(down()), asyncio.create_task(upward())]
+            tasks = [asyncio.create_task(downward()), asyncio.create_task(upward())]
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class GarbageRelay(Relay):
+    """Injects bad events into what the daemon receives: the GARBAGE set after every
+    session.created and completed, and once (after the first completed) a 2 MiB frame,
+    over the daemon's 1 MiB limit."""
+
+    huge_sent = False
+
+    async def down(self, conn: ServerConnection, message: str | bytes) -> None:
+        await conn.send(message)
+        kind = json.loads(message).get("type", "")
+        if kind.endswith(".completed") and not self.huge_sent:
+            self.huge_sent = True
+            await conn.send(json.dumps({"type": "padding", "blob": "x" * (2 << 20)}))
+        if kind == "session.created" or kind.endswith(".completed"):
+            for bad in GARBAGE:
+                await conn.send(bad)
 
 
 def test_malformed_huge_and_unknown_server_events(tmp_path: Path, broker: Broker) -> None:

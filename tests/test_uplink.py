@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import websockets
 from websockets.asyncio.server import ServerConnection
 
 from conftest import assert_heard, free_port, reference_texts
@@ -24,7 +23,7 @@ from roomscribe.ring import Ring
 from roomscribe.transcript import Transcript
 from roomscribe.uplink import Uplink
 from stack import CLIPS, read_mono_16k, start_server
-from test_faults import LoopServer
+from test_faults import Relay
 from timing import scaled
 
 pytestmark = pytest.mark.server
@@ -148,33 +147,13 @@ def test_black_holed_server_is_detected_and_replayed(tmp_path: Path) -> None:
     assert time.monotonic() - started < 80
 
 
-class WithoutWatermark(LoopServer):
+class WithoutWatermark(Relay):
     """The real server, as Together's older servers speak: no
     `input_audio_buffer.processed` (the one difference, and the point)."""
 
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        super().__init__()
-
-    async def _handler(self, conn: ServerConnection) -> None:
-        assert conn.request is not None
-        url = f"ws://127.0.0.1:{self.target_port}{conn.request.path}"
-        async with websockets.connect(url, max_size=None) as up:
-
-            async def down() -> None:
-                async for message in up:
-                    if json.loads(message).get("type") != "input_audio_buffer.processed":
-                        await conn.send(message)
-
-            async def upward() -> None:
-                async for message in conn:
-                    await up.send(message)
-
-            tasks = [asyncio.create_task(down()), asyncio.create_task(upward())]
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+    async def down(self, conn: ServerConnection, message: str | bytes) -> None:
+        if json.loads(message).get("type") != "input_audio_buffer.processed":
+            await conn.send(message)
 
 
 def test_failing_over_to_a_server_without_a_watermark_keeps_sending(tmp_path: Path) -> None:
