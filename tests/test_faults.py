@@ -207,7 +207,8 @@ class LoopServer:
 
 class Relay(LoopServer):
     """Relays the daemon to the real server; `down` decides what of each server event
-    the daemon receives (here: all of it)."""
+    the daemon receives (here: all of it), `up` what the server receives of each of
+    the daemon's (here: each as sent)."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
@@ -217,19 +218,22 @@ class Relay(LoopServer):
     async def down(self, conn: ServerConnection, message: str | bytes) -> None:
         await conn.send(message)
 
+    def up(self, message: str | bytes) -> str | bytes:
+        return message
+
     async def _handler(self, conn: ServerConnection) -> None:
         assert conn.request is not None
         self.sessions += 1
         url = f"ws://127.0.0.1:{self.target_port}{conn.request.path}"
-        async with websockets.connect(url, max_size=None) as up:
+        async with websockets.connect(url, max_size=None) as server:
 
             async def downward() -> None:
-                async for message in up:
+                async for message in server:
                     await self.down(conn, message)
 
             async def upward() -> None:
                 async for message in conn:
-                    await up.send(message)
+                    await server.send(self.up(message))
 
             tasks = [asyncio.create_task(downward()), asyncio.create_task(upward())]
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)

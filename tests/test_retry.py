@@ -40,7 +40,8 @@ def test_server_events_end_the_connection_only_when_going_on_cannot_help() -> No
 
     slow = ends("insufficient_quota")
     assert slow is not None and classify(slow) is Verdict.SLOW
-    for code, fatal in (("session_expired", False), ("internal", True)):
+    for code, fatal in (("session_expired", False), ("internal", True),
+                        ("invalid_base64", False), ("invalid_json", False)):
         again = ends(code, fatal)
         assert again is not None and classify(again) is Verdict.TRANSIENT
         assert not again.elsewhere

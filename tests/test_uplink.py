@@ -5,6 +5,7 @@ same when the server dies mid-utterance or the network black-holes."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from pathlib import Path
@@ -181,6 +182,52 @@ def test_failing_over_to_a_server_without_a_watermark_keeps_sending(tmp_path: Pa
     check(got, CLIPS + CLIPS, spans)
     switch = T0 + spans[len(CLIPS) - 1][1] + 1
     assert any(t.captured_start > switch for t in got)  # the second pass was heard
+
+
+class Corrupting(Relay):
+    """Breaks the base64 of the appends that carry [from_s, to_s) of the first
+    session's audio, as a broken proxy might (TCP and TLS never do): the server
+    answers each with `invalid_base64` and has not that audio."""
+
+    def __init__(self, target_port: int, from_s: float, to_s: float) -> None:
+        super().__init__(target_port)
+        self.span = (from_s, to_s)
+        self.sent_s = 0.0
+        self.corrupted = 0
+
+    def up(self, message: str | bytes) -> str | bytes:
+        event = json.loads(message) if self.sessions == 1 else {}
+        if event.get("type") != "input_audio_buffer.append":
+            return message
+        start = self.sent_s
+        self.sent_s += len(base64.b64decode(event["audio"])) / 32000
+        if not self.span[0] <= start < self.span[1]:
+            return message
+        self.corrupted += 1
+        event["audio"] = "!" + event["audio"][1:]
+        return json.dumps(event)
+
+
+def test_audio_the_server_could_not_read_is_sent_again(tmp_path: Path) -> None:
+    """A second of JFK's sentence is lost on the way. The server says it could not
+    read those frames; going on, the words in them were lost and every time after
+    them was early by a second. A new connection replays them."""
+    server, port = start_server(tmp_path)
+    clips = CLIPS[:1]
+    pcm, spans = room_pcm(clips)
+    relay = Corrupting(port, spans[0][0] + 5, spans[0][0] + 6)
+    try:
+        got = run(relay.port, pcm)
+    finally:
+        relay.close()
+        server.stop()
+    assert relay.corrupted  # the fault happened
+    check(got, clips, spans)
+    # every word (going on lost "What your country"), and the sentence ends when it
+    # was said (going on it ended 0.8 s early)
+    assert_heard([t.text for t in got], [reference_texts()[clips[0]]], min_ratio=0.95)
+    assert abs(got[-1].captured_end - T0 - spans[0][1]) <= 0.5
+    assert relay.sessions == 2
 
 
 def test_the_connection_check_says_when_a_server_refuses_the_vad_settings(tmp_path: Path) -> None:

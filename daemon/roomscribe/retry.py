@@ -44,6 +44,12 @@ SLOW_CODES = frozenset({
 })
 
 
+# The server could not read a frame we sent. TCP and TLS never corrupt a frame, so a
+# path that did (a broken proxy) lost that audio from the server's timeline, and every
+# time after it would be early: a new connection replays from the last final.
+UNREADABLE_FRAME_CODES = frozenset({"invalid_json", "invalid_base64"})
+
+
 # Refusals that name what is wrong, and it is not the turn_detection settings.
 NOT_VAD_CODES = SLOW_CODES | {"invalid_audio_format", "not_found", "no_healthy_workers"}
 
@@ -56,6 +62,8 @@ def server_event_error(code: str, message: str, *, fatal: bool) -> UplinkError |
         return UplinkError(f"server error {code}: {message}", Verdict.SLOW)
     if fatal:
         return UplinkError(f"server ended the session: {code}: {message}")
+    if code in UNREADABLE_FRAME_CODES:
+        return UplinkError(f"server could not read a frame we sent ({code}: {message})")
     if code == "no_healthy_workers":
         return UplinkError(f"server has no capacity ({code})", elsewhere=True)
     if code == "session_expired":  # OpenAI's 60-minute limit: a new session goes on
