@@ -5,7 +5,8 @@ both ways until told to `cut()` every connection (a server crash as the client s
 it), to `blackhole()` (sockets stay open, no byte moves either way: Wi-Fi gone with
 nothing closed; `heal()` delivers what was held, as TCP would), to `refuse()` new
 connections, or to `refuse_requests()` whose request line holds a text with an HTTP
-error (a server that rejects a parameter).
+error (a server that rejects a parameter), or to `refuse_mqtt5()` logins (a broker
+without MQTT 5 in front of a real Mosquitto).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class FaultProxy:
         self.refused_requests = 0
         self._refuse_text = ""
         self._refusal = b""
+        self._refuse_mqtt5 = False
+        self.refused_mqtt5 = 0
         self._writers: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -66,6 +69,18 @@ class FaultProxy:
                 await writer.drain()
                 writer.close()
                 return
+        if self._refuse_mqtt5:
+            try:
+                head = await self._mqtt_connect(reader)
+            except (asyncio.IncompleteReadError, IndexError):
+                writer.close()
+                return
+            if head[-1] == 5:
+                self.refused_mqtt5 += 1
+                writer.write(bytes([0x20, 2, 0, 1]))  # CONNACK, 1: unacceptable version
+                await writer.drain()
+                writer.close()
+                return
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
@@ -78,6 +93,15 @@ class FaultProxy:
         for w in (writer, up_writer):
             self._writers.discard(w)
             w.close()
+
+    @staticmethod
+    async def _mqtt_connect(reader: asyncio.StreamReader) -> bytes:
+        """A CONNECT packet's fixed header and variable header up to its protocol level
+        byte (the last byte returned): 2 bytes of name length, "MQTT", then the level."""
+        head = await reader.readexactly(2)
+        while head[-1] & 0x80:  # the remaining length goes on (variable-length integer)
+            head += await reader.readexactly(1)
+        return head + await reader.readexactly(7)
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while data := await reader.read(65536):
@@ -112,6 +136,11 @@ class FaultProxy:
         self._refusal = (f"HTTP/1.1 {status} Refused\r\nContent-Type: application/json\r\n"
                          f"Content-Length: {len(body.encode())}\r\nConnection: close\r\n"
                          f"\r\n{body}").encode()
+
+    def refuse_mqtt5(self) -> None:
+        """Answer an MQTT 5 login as brokers without it do (Mosquitto 1.x, Aedes,
+        RabbitMQ before 3.13: CONNACK with return code 1); forward 3.1.1 ones."""
+        self._refuse_mqtt5 = True
 
     def heal(self) -> None:
         self.mode = "pass"

@@ -238,6 +238,38 @@ def test_a_port_that_never_answers_is_one_line(tmp_path: Path) -> None:
         line = one_line_error(config)
         assert line == (f"roomscribe: listen: 127.0.0.1:{port} did not answer within "
                         f"{LOGIN_TIMEOUT_S:.0f} s (is it the broker's MQTT port? A TLS port, "
-                        "often 8883, needs mqtt.tls = true)"), line
+                        "often 8883, needs mqtt.tls = true; a broker without MQTT 5 may need "
+                        'mqtt.protocol = "3.1.1")'), line
     finally:
         sock.close()
+
+
+def test_a_broker_without_mqtt5_is_listened_to_with_3_1_1(broker: Broker,
+                                                         tmp_path: Path) -> None:
+    """The tools log in as the daemon does: a broker that answers an MQTT 5 login with
+    "unacceptable protocol version" (Node-RED's Aedes, Mosquitto 1.x) is asked again
+    with 3.1.1. `listen` used to stop at once, blaming the password."""
+    from faultproxy import FaultProxy
+    from mqttkit import settings
+    from roomscribe.doctor import check_broker
+
+    proxy = FaultProxy(broker.port)
+    proxy.refuse_mqtt5()
+    config = tmp_path / "config.toml"
+    config.write_text(f"[mqtt]\nport = {proxy.port}\n")
+    listener = Listener(tmp_path, config, "--count", "1")
+    try:
+        wait(lambda: "waiting for transcripts" in listener.said(), 20,
+             f"the listener to subscribe; it said: {listener.said()}")
+        start = time.time()
+        send(broker.port, "kitchen", "Turn on the lights.", start)
+        assert listener.proc.wait(scaled(20)) == 0, listener.said()
+        checked = check_broker(settings(tmp_path, proxy.port))
+    finally:
+        listener.stop()
+        proxy.close()
+    assert listener.lines() == [f"[{at(start)}] kitchen: Turn on the lights."]
+    assert proxy.refused_mqtt5 == 2  # listen's first login, and check's
+    assert checked.ok and checked.detail.endswith(
+        "login accepted with MQTT 3.1.1 (it refused MQTT 5; the daemon falls back the "
+        "same way)"), checked.line()

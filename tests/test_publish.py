@@ -17,6 +17,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from conftest import Broker, SmallDisk, start_broker
+from faultproxy import FaultProxy
 from mqttkit import DEVICE, Subscriber, await_until, settings, transcript, validate, wait
 from roomscribe.broker_trouble import ClashWatch
 from roomscribe.config import Settings
@@ -169,7 +170,45 @@ def test_a_port_that_takes_the_connection_and_never_answers_is_said(
         sock.close()
     lines = [r.getMessage() for r in caplog.records if said in r.getMessage()]
     assert lines == [f"mqtt: 127.0.0.1:{port} {said} (is it the broker's MQTT port? A TLS "
-                     "port, often 8883, needs mqtt.tls = true) (retrying)"]
+                     "port, often 8883, needs mqtt.tls = true; a broker without MQTT 5 may "
+                     'need mqtt.protocol = "3.1.1") (retrying)']
+
+
+def test_a_broker_without_mqtt5_gets_3_1_1(broker: Broker, tmp_path: Path,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    """Node-RED's Aedes broker, Mosquitto 1.x and RabbitMQ before 3.13 answer an MQTT 5
+    login with "unacceptable protocol version". With the default mqtt.protocol the
+    daemon logged that as a refused login (check the password) and never published."""
+    caplog.set_level(logging.INFO)
+    proxy = FaultProxy(broker.port)
+    proxy.refuse_mqtt5()
+    sub = Subscriber(broker.port)
+    texts = [f"sentence number {i}" for i in range(12)]
+
+    async def body(pub: Publisher, outbox: Outbox) -> None:
+        for text in texts[:6]:  # said before the broker answered: from the outbox
+            pub.submit(transcript(text))
+        await await_until(lambda: pub.connected, what="connect")
+        for text in texts[6:]:
+            pub.submit(transcript(text))
+        await await_until(lambda: len(outbox) == 0, what="outbox drained")
+
+    try:
+        run_with_publisher(settings(tmp_path, proxy.port), body).close()
+        wait(lambda: sub.on("availability")[-1:] != [] and
+             sub.on("availability")[-1].payload == b"offline", 10, "offline")
+    finally:
+        proxy.close()
+        sub.close()
+    assert sub.texts() == texts  # once each, in order
+    assert [m.payload for m in sub.on("availability")] == [b"online", b"offline"]
+    assert proxy.refused_mqtt5 >= 1 and proxy.connections > proxy.refused_mqtt5
+    said = [(r.levelname, r.getMessage()) for r in caplog.records
+            if r.name == "roomscribe.publish" and r.levelno >= logging.WARNING]
+    assert said == [("WARNING", f"mqtt: 127.0.0.1:{proxy.port} does not speak MQTT 5: using "
+                     "MQTT 3.1.1 (no message expiry on the broker; mqtt.protocol = \"3.1.1\" "
+                     "says so and skips the first try)")], said
+    assert f"connected to 127.0.0.1:{proxy.port} (MQTT 3.1.1)" in caplog.text
 
 
 def test_a_retained_command_is_ignored_and_said_once(broker: Broker, tmp_path: Path,

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from .broker_trouble import LOGIN_TIMEOUT_S, silent_hint
+from .broker_trouble import LOGIN_TIMEOUT_S, protocol_after_refusal, silent_hint
 from .config import Settings
 from .publish import PublishError
 from .retry import describe
@@ -22,13 +22,13 @@ from .retry import describe
 
 class LoginError(PublishError):
     """Why a tool could not log in, in one line; `kind` is "unreachable" (`cause` is
-    the socket's error), "silent" or "refused" (`reason` is the broker's)."""
+    the socket's error), "silent" or "refused" (`reason` is the broker's, `code` its
+    reason code)."""
 
     def __init__(self, message: str, kind: Literal["unreachable", "silent", "refused"],
-                 reason: str = "",
-                 cause: BaseException | None = None) -> None:
+                 reason: str = "", cause: BaseException | None = None, code: int = 0) -> None:
         super().__init__(message)
-        self.kind, self.reason, self.cause = kind, reason, cause
+        self.kind, self.reason, self.cause, self.code = kind, reason, cause, code
 
 
 def where(settings: Settings) -> str:
@@ -38,19 +38,33 @@ def where(settings: Settings) -> str:
 def login(settings: Settings, password: str, tool: str, client_id: str,
           timeout_s: float = LOGIN_TIMEOUT_S) -> mqtt.Client:
     """A client connected and accepted, its network loop running; a LoginError (one
-    line, no secret) when the broker is unreachable, silent or refuses."""
+    line, no secret) when the broker is unreachable, silent or refuses. A broker that
+    refuses MQTT 5 as a version it does not speak is asked again with 3.1.1, as the
+    daemon does (`client.protocol` says which was taken)."""
+    protocol = settings.mqtt.protocol
+    try:
+        return _login(settings, password, tool, client_id, timeout_s, protocol)
+    except LoginError as exc:
+        older = protocol_after_refusal(protocol, exc.code) if exc.kind == "refused" else protocol
+        if older == protocol:
+            raise
+    return _login(settings, password, tool, client_id, timeout_s, older)
+
+
+def _login(settings: Settings, password: str, tool: str, client_id: str, timeout_s: float,
+           protocol: str) -> mqtt.Client:
     m = settings.mqtt
     answered = threading.Event()
-    refused: list[str] = []
+    refused: list[tuple[str, int]] = []
 
     def on_connect(_c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
-            refused.append(str(reason))
+            refused.append((str(reason), int(reason.value)))
         answered.set()
 
     client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
                          client_id=client_id,
-                         protocol=mqtt.MQTTv5 if m.protocol == "5" else mqtt.MQTTv311)
+                         protocol=mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311)
     if m.username:
         client.username_pw_set(m.username, password or None)
     client.on_connect = on_connect
@@ -66,11 +80,12 @@ def login(settings: Settings, password: str, tool: str, client_id: str,
     try:
         if not answered.wait(timeout_s):
             raise LoginError(f"{tool}: {where(settings)} did not answer within "
-                             f"{timeout_s:.0f} s ({silent_hint(m.tls)})", "silent")
+                             f"{timeout_s:.0f} s ({silent_hint(m.tls, protocol)})", "silent")
         if refused:
+            reason, code = refused[0]
             raise LoginError(f"{tool}: {where(settings)} refused the connection: "
-                             f"{refused[0]} (check mqtt.username, the password and the "
-                             "broker ACL)", "refused", refused[0])
+                             f"{reason} (check mqtt.username, the password and the "
+                             "broker ACL)", "refused", reason, code=code)
     except LoginError:
         client.disconnect()
         client.loop_stop()

@@ -11,11 +11,33 @@ from __future__ import annotations
 LOGIN_TIMEOUT_S = 10.0
 
 
-def silent_hint(tls: bool) -> str:
+def silent_hint(tls: bool, protocol: str = "3.1.1") -> str:
     """Why a port takes the connection and never answers the login, most often."""
-    if tls:
-        return "is it the broker's MQTT port?"
-    return "is it the broker's MQTT port? A TLS port, often 8883, needs mqtt.tls = true"
+    hint = "is it the broker's MQTT port?"
+    if not tls:
+        hint += " A TLS port, often 8883, needs mqtt.tls = true"
+    if protocol == "5":
+        # amqtt, for one, reads an MQTT 5 login as a broken 3.1.1 one and never answers.
+        hint += '; a broker without MQTT 5 may need mqtt.protocol = "3.1.1"'
+    return hint
+
+
+# CONNACK "Unsupported protocol version": MQTT 5's reason code, and what paho makes of
+# 3.1.1's return code 1, which brokers without MQTT 5 send to an MQTT 5 login
+# (Mosquitto 1.x, Aedes as Node-RED runs it, RabbitMQ's MQTT plugin before 3.13).
+UNSUPPORTED_VERSION = 132
+
+
+def protocol_after_refusal(protocol: str, reason_code: int) -> str:
+    """The MQTT version to log in with after the broker refused a login: 3.1.1 when it
+    refused MQTT 5 as a version it does not speak, else the same again (a wrong
+    password stays wrong whatever the version)."""
+    return "3.1.1" if protocol == "5" and reason_code == UNSUPPORTED_VERSION else protocol
+
+
+def older_protocol_note(where: str) -> str:
+    return (f"mqtt: {where} does not speak MQTT 5: using MQTT 3.1.1 (no message expiry "
+            'on the broker; mqtt.protocol = "3.1.1" says so and skips the first try)')
 
 
 # MQTT 5's DISCONNECT reason "Session taken over" (Mosquitto 2.0.11 sends none), and

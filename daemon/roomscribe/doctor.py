@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
+import paho.mqtt.client as mqtt
 import websockets
 from websockets.exceptions import InvalidStatus
 
@@ -126,13 +127,16 @@ def check_broker(settings: Settings) -> Result:
         if exc.kind == "silent":
             return Result("broker", False, f"{where}: no answer within "
                           f"{LOGIN_TIMEOUT_S:.0f} s",
-                          silent_hint(settings.mqtt.tls))
+                          silent_hint(settings.mqtt.tls, settings.mqtt.protocol))
         return Result("broker", False, f"{where}: {_reason(exc.cause or exc)}",
                       "is the broker running and mqtt.host/port/tls right?")
+    older = settings.mqtt.protocol == "5" and client.protocol != mqtt.MQTTv5
     client.disconnect()
     client.loop_stop()
     user = settings.mqtt.username
-    return Result("broker", True, f"{where}: login accepted{' as ' + user if user else ''}")
+    return Result("broker", True, f"{where}: login accepted{' as ' + user if user else ''}"
+                  + (" with MQTT 3.1.1 (it refused MQTT 5; the daemon falls back the same way)"
+                     if older else ""))
 
 
 def check_connect(settings: Settings, out: TextIO = sys.stdout) -> int:

@@ -29,7 +29,13 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from . import payload
-from .broker_trouble import LOGIN_TIMEOUT_S, ClashWatch, silent_hint
+from .broker_trouble import (
+    LOGIN_TIMEOUT_S,
+    ClashWatch,
+    older_protocol_note,
+    protocol_after_refusal,
+    silent_hint,
+)
 from .config import Settings
 from .message import Message
 from .outbox import Outbox, OutboxEntry, OutboxError
@@ -67,9 +73,10 @@ class Publisher:
         self._m = m = settings.mqtt
         self._outbox = outbox
         self.topics = payload.topics(m.topic_prefix, settings.device.id)
-        self._v5 = m.protocol == "5"
+        self._protocol: str = m.protocol  # 3.1.1 once a broker refuses MQTT 5
         self._where = f"{m.host}:{m.port}"
-        self._client = self._make_client(password)
+        self._password = password  # for the client a switch to 3.1.1 makes
+        self._client = self._make_client()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self._connected = False
@@ -107,7 +114,11 @@ class Publisher:
         outbox. "" when there is none."""
         return self._clash_text if self._clash.suspected else self._outbox.write_error
 
-    def _make_client(self, password: str) -> mqtt.Client:
+    @property
+    def _v5(self) -> bool:
+        return self._protocol == "5"
+
+    def _make_client(self) -> mqtt.Client:
         m, s = self._m, self._settings
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -115,7 +126,7 @@ class Publisher:
             protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
         )
         if m.username:
-            client.username_pw_set(m.username, password or None)
+            client.username_pw_set(m.username, self._password or None)
         if m.tls:
             try:
                 client.tls_set(ca_certs=m.ca_file or None, certfile=m.cert_file or None,
@@ -148,6 +159,10 @@ class Publisher:
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode,
                     _p: Any) -> None:
         if rc.is_failure:
+            after = protocol_after_refusal(self._protocol, rc.value)
+            if after != self._protocol:
+                self._call(self._switch_protocol, client, after)
+                return
             self._call(self._error, f"mqtt: {self._where} refused the connection: {rc}"
                                     " (check mqtt.username, the password and the broker ACL)")
             return
@@ -186,6 +201,24 @@ class Publisher:
         else:
             log.debug("%s", message)
 
+    def _switch_protocol(self, refused_by: mqtt.Client, protocol: str) -> None:
+        """Log in again with an older MQTT, on a new paho client (a client's version is
+        fixed when it is made)."""
+        if refused_by is not self._client or self._closing:
+            return  # the old client's thread saying it again before it ends
+        log.warning("%s", older_protocol_note(self._where))
+        self._protocol = protocol
+        refused_by.disconnect()  # its network thread ends at its next turn
+        # Whatever the old client held goes again from the outbox.
+        self._inflight.clear()
+        self._last_sent_seq = 0
+        self._client = self._make_client()
+        self._start()
+
+    def _start(self) -> None:
+        self._client.connect_async(self._m.host, self._m.port, keepalive=self._m.keepalive_s)
+        self._client.loop_start()
+
     def _up(self) -> None:
         self._connected = True
         self._said_since_down = False
@@ -195,7 +228,7 @@ class Publisher:
             log.debug("mqtt: connected to %s again", self._where)
         else:
             self._last_logged = ""
-            log.info("mqtt: connected to %s (MQTT %s)", self._where, self._m.protocol)
+            log.info("mqtt: connected to %s (MQTT %s)", self._where, self._protocol)
         self._state.force()
         for hook in self._connect_hooks:
             for msg in hook():
@@ -337,8 +370,7 @@ class Publisher:
     async def run(self) -> None:
         """Connect (retrying forever) and drain the outbox until close() or cancel."""
         self._loop = asyncio.get_running_loop()
-        self._client.connect_async(self._m.host, self._m.port, keepalive=self._m.keepalive_s)
-        self._client.loop_start()
+        self._start()
         self._down_since = time.monotonic()
         while not self._closing:
             self._say_if_silent(time.monotonic())
@@ -353,9 +385,9 @@ class Publisher:
         if (self._connected or self._said_since_down
                 or now - self._down_since < LOGIN_TIMEOUT_S):
             return
+        hint = silent_hint(self._m.tls, self._protocol)
         self._error(f"mqtt: {self._where} took the connection but has not answered the "
-                    f"login for {LOGIN_TIMEOUT_S:.0f} s ({silent_hint(self._m.tls)}) "
-                    "(retrying)", logging.WARNING)
+                    f"login for {LOGIN_TIMEOUT_S:.0f} s ({hint}) (retrying)", logging.WARNING)
 
     def submit(self, t: Transcript) -> str:
         """Store durably in the outbox (in memory if the disk refuses), then wake the
