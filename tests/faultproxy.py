@@ -30,7 +30,7 @@ class FaultProxy:
         self.refused_requests = 0
         self._refuse_text = ""
         self._refusal = b""
-        self._refuse_mqtt5 = False
+        self._refuse_mqtt5 = ""  # "answer" | "close"
         self.refused_mqtt5 = 0
         self._writers: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
@@ -77,8 +77,9 @@ class FaultProxy:
                 return
             if head[-1] == 5:
                 self.refused_mqtt5 += 1
-                writer.write(bytes([0x20, 2, 0, 1]))  # CONNACK, 1: unacceptable version
-                await writer.drain()
+                if self._refuse_mqtt5 == "answer":
+                    writer.write(bytes([0x20, 2, 0, 1]))  # CONNACK 1: unacceptable version
+                    await writer.drain()
                 writer.close()
                 return
         try:
@@ -137,10 +138,11 @@ class FaultProxy:
                          f"Content-Length: {len(body.encode())}\r\nConnection: close\r\n"
                          f"\r\n{body}").encode()
 
-    def refuse_mqtt5(self) -> None:
-        """Answer an MQTT 5 login as brokers without it do (Mosquitto 1.x, Aedes,
-        RabbitMQ before 3.13: CONNACK with return code 1); forward 3.1.1 ones."""
-        self._refuse_mqtt5 = True
+    def refuse_mqtt5(self, answer: bool = True) -> None:
+        """Refuse an MQTT 5 login as brokers without it do: answer CONNACK with return
+        code 1 (Mosquitto 1.x, Aedes) or close the connection unanswered (RabbitMQ
+        before 3.13); forward 3.1.1 ones."""
+        self._refuse_mqtt5 = "answer" if answer else "close"
 
     def heal(self) -> None:
         self.mode = "pass"

@@ -19,7 +19,7 @@ import pytest
 from conftest import Broker, SmallDisk, start_broker
 from faultproxy import FaultProxy
 from mqttkit import DEVICE, Subscriber, await_until, settings, transcript, validate, wait
-from roomscribe.broker_trouble import ClashWatch
+from roomscribe.broker_trouble import UNSUPPORTED_VERSION, ClashWatch, LoginVersion
 from roomscribe.config import Settings
 from roomscribe.message import Message
 from roomscribe.outbox import Outbox
@@ -174,14 +174,17 @@ def test_a_port_that_takes_the_connection_and_never_answers_is_said(
                      'need mqtt.protocol = "3.1.1") (retrying)']
 
 
+@pytest.mark.parametrize("answer", [True, False])
 def test_a_broker_without_mqtt5_gets_3_1_1(broker: Broker, tmp_path: Path,
-                                          caplog: pytest.LogCaptureFixture) -> None:
-    """Node-RED's Aedes broker, Mosquitto 1.x and RabbitMQ before 3.13 answer an MQTT 5
-    login with "unacceptable protocol version". With the default mqtt.protocol the
-    daemon logged that as a refused login (check the password) and never published."""
+                                          caplog: pytest.LogCaptureFixture,
+                                          answer: bool) -> None:
+    """Node-RED's Aedes broker and Mosquitto 1.x answer an MQTT 5 login with
+    "unacceptable protocol version"; RabbitMQ before 3.13 closes the connection. With
+    the default mqtt.protocol the daemon logged the first as a refused login (check the
+    password), said nothing of the second, and never published."""
     caplog.set_level(logging.INFO)
     proxy = FaultProxy(broker.port)
-    proxy.refuse_mqtt5()
+    proxy.refuse_mqtt5(answer)
     sub = Subscriber(broker.port)
     texts = [f"sentence number {i}" for i in range(12)]
 
@@ -438,6 +441,26 @@ def test_wrong_password_is_one_clear_line(password_broker: Broker, tmp_path: Pat
     assert "\n" not in errors[0]
     assert "refused" in errors[0] and str(password_broker.port) in errors[0]
     assert wrong not in caplog.text
+
+
+def test_login_version_takes_3_1_1_from_a_broker_without_mqtt5() -> None:
+    refused = LoginVersion("5", 1.0, 60.0)
+    assert refused.answered(UNSUPPORTED_VERSION) == 1.0 and refused.current == "3.1.1"
+    assert refused.answered(0) is None and refused.fell_back
+    assert refused.unanswered() is None  # settled: a later outage changes nothing
+    # Unanswered logins: the versions take turns, backing off, until one is answered.
+    dropped = LoginVersion("5", 1.0, 6.0)
+    turns = [(dropped.unanswered(), dropped.current) for _ in range(5)]
+    assert turns == [(1.0, "3.1.1"), (2.0, "5"), (4.0, "3.1.1"), (6.0, "5"), (6.0, "3.1.1")]
+    assert dropped.answered(0) is None and dropped.current == "3.1.1"
+    assert dropped.unanswered() is None and dropped.current == "3.1.1"
+    # A wrong password is an answer, and the version stays.
+    wrong = LoginVersion("5", 1.0, 60.0)
+    assert wrong.answered(135) is None and wrong.unanswered() is None
+    assert wrong.current == "5" and not wrong.fell_back
+    # Configured 3.1.1 is never changed.
+    old = LoginVersion("3.1.1", 1.0, 60.0)
+    assert old.unanswered() is None and old.answered(UNSUPPORTED_VERSION) is None
 
 
 def test_clash_watch_tells_a_clash_from_an_outage() -> None:

@@ -24,20 +24,55 @@ def silent_hint(tls: bool, protocol: str = "3.1.1") -> str:
 
 # CONNACK "Unsupported protocol version": MQTT 5's reason code, and what paho makes of
 # 3.1.1's return code 1, which brokers without MQTT 5 send to an MQTT 5 login
-# (Mosquitto 1.x, Aedes as Node-RED runs it, RabbitMQ's MQTT plugin before 3.13).
+# (Mosquitto 1.x, Aedes as Node-RED runs it).
 UNSUPPORTED_VERSION = 132
-
-
-def protocol_after_refusal(protocol: str, reason_code: int) -> str:
-    """The MQTT version to log in with after the broker refused a login: 3.1.1 when it
-    refused MQTT 5 as a version it does not speak, else the same again (a wrong
-    password stays wrong whatever the version)."""
-    return "3.1.1" if protocol == "5" and reason_code == UNSUPPORTED_VERSION else protocol
 
 
 def older_protocol_note(where: str) -> str:
     return (f"mqtt: {where} does not speak MQTT 5: using MQTT 3.1.1 (no message expiry "
             'on the broker; mqtt.protocol = "3.1.1" says so and skips the first try)')
+
+
+class LoginVersion:
+    """The MQTT version to log in with, told from how logins end (no I/O: answers in,
+    a wait before the next login out).
+
+    The configured version first. A broker that refuses MQTT 5 as a version it does not
+    speak gets 3.1.1. One that drops an MQTT 5 login unanswered may not speak it either
+    (RabbitMQ before 3.13 closes the connection; amqtt waits for the keepalive to run
+    out), and neither may a TLS port or a broker still starting: while logins go
+    unanswered the two versions take turns, backing off, and the first that gets an
+    answer stays. A refused password is an answer: it stays wrong in any version.
+    """
+
+    def __init__(self, configured: str, wait_min_s: float, wait_max_s: float) -> None:
+        self.configured = configured
+        self.current = configured
+        self._settled = configured != "5"
+        self._wait_s = (wait_min_s, max(wait_min_s, wait_max_s))
+        self._turns = 0  # unanswered logins in a row
+
+    @property
+    def fell_back(self) -> bool:
+        return self.current != self.configured
+
+    def answered(self, reason_code: int) -> float | None:
+        """The broker answered a login (CONNACK). The wait before logging in with
+        the other version, or None to go on with this one."""
+        self._settled, self._turns = True, 0
+        if self.current == "5" and reason_code == UNSUPPORTED_VERSION:
+            self.current = "3.1.1"
+            return self._wait_s[0]
+        return None
+
+    def unanswered(self) -> float | None:
+        """The connection ended before its login was answered: as `answered`."""
+        if self._settled:
+            return None
+        self.current = "3.1.1" if self.current == "5" else "5"
+        self._turns += 1
+        low, high = self._wait_s
+        return float(min(high, low * 2 ** min(self._turns - 1, 16)))
 
 
 # MQTT 5's DISCONNECT reason "Session taken over" (Mosquitto 2.0.11 sends none), and

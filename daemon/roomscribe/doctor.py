@@ -124,10 +124,12 @@ def check_broker(settings: Settings) -> Result:
         if exc.kind == "refused":
             return Result("broker", False, f"{where}: refused: {exc.reason}",
                           "check mqtt.username and the password")
-        if exc.kind == "silent":
-            return Result("broker", False, f"{where}: no answer within "
-                          f"{LOGIN_TIMEOUT_S:.0f} s",
-                          silent_hint(settings.mqtt.tls, settings.mqtt.protocol))
+        if exc.kind in ("silent", "dropped"):
+            what = (f"no answer within {LOGIN_TIMEOUT_S:.0f} s" if exc.kind == "silent"
+                    else "closed the connection without answering the login")
+            return Result("broker", False, f"{where}: {what}, neither in MQTT 5 nor in 3.1.1"
+                          if settings.mqtt.protocol == "5" else f"{where}: {what}",
+                          silent_hint(settings.mqtt.tls))
         return Result("broker", False, f"{where}: {_reason(exc.cause or exc)}",
                       "is the broker running and mqtt.host/port/tls right?")
     older = settings.mqtt.protocol == "5" and client.protocol != mqtt.MQTTv5
@@ -135,7 +137,7 @@ def check_broker(settings: Settings) -> Result:
     client.loop_stop()
     user = settings.mqtt.username
     return Result("broker", True, f"{where}: login accepted{' as ' + user if user else ''}"
-                  + (" with MQTT 3.1.1 (it refused MQTT 5; the daemon falls back the same way)"
+                  + (" with MQTT 3.1.1 (not with MQTT 5; the daemon falls back the same way)"
                      if older else ""))
 
 

@@ -32,8 +32,8 @@ from . import payload
 from .broker_trouble import (
     LOGIN_TIMEOUT_S,
     ClashWatch,
+    LoginVersion,
     older_protocol_note,
-    protocol_after_refusal,
     silent_hint,
 )
 from .config import Settings
@@ -73,7 +73,9 @@ class Publisher:
         self._m = m = settings.mqtt
         self._outbox = outbox
         self.topics = payload.topics(m.topic_prefix, settings.device.id)
-        self._protocol: str = m.protocol  # 3.1.1 once a broker refuses MQTT 5
+        self._version = LoginVersion(m.protocol, m.reconnect_min_s, m.reconnect_max_s)
+        self._login_answered = False  # this connection's login (paho says nothing else)
+        self._told_older = False
         self._where = f"{m.host}:{m.port}"
         self._password = password  # for the client a switch to 3.1.1 makes
         self._client = self._make_client()
@@ -116,7 +118,7 @@ class Publisher:
 
     @property
     def _v5(self) -> bool:
-        return self._protocol == "5"
+        return self._version.current == "5"
 
     def _make_client(self) -> mqtt.Client:
         m, s = self._m, self._settings
@@ -159,28 +161,23 @@ class Publisher:
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode,
                     _p: Any) -> None:
         if rc.is_failure:
-            after = protocol_after_refusal(self._protocol, rc.value)
-            if after != self._protocol:
-                self._call(self._switch_protocol, client, after)
-                return
-            self._call(self._error, f"mqtt: {self._where} refused the connection: {rc}"
-                                    " (check mqtt.username, the password and the broker ACL)")
+            self._call(self._refused, client, rc)
             return
         # Sent from this thread so "online" precedes the messages paho re-sends next.
         client.publish(self.topics.availability, payload.ONLINE,
                        qos=payload.AVAILABILITY_QOS, retain=True)
         for topic, _handler, _commands in self._subscriptions:
             client.subscribe(topic, qos=1)
-        self._call(self._up)
+        self._call(self._up, client)
 
     def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
         self._call(self._clash.connect_failed)
         self._call(self._error, f"mqtt: cannot connect to {self._where} (retrying)",
                    logging.WARNING)
 
-    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode,
+    def _on_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode,
                        _p: Any) -> None:
-        self._call(self._down, str(rc), rc.value)
+        self._call(self._down, client, str(rc), rc.value)
 
     def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
         self._call(self._acked, mid, rc)
@@ -201,25 +198,44 @@ class Publisher:
         else:
             log.debug("%s", message)
 
-    def _switch_protocol(self, refused_by: mqtt.Client, protocol: str) -> None:
-        """Log in again with an older MQTT, on a new paho client (a client's version is
-        fixed when it is made)."""
-        if refused_by is not self._client or self._closing:
-            return  # the old client's thread saying it again before it ends
-        log.warning("%s", older_protocol_note(self._where))
-        self._protocol = protocol
-        refused_by.disconnect()  # its network thread ends at its next turn
+    def _refused(self, client: mqtt.Client, rc: ReasonCode) -> None:
+        if client is not self._client:
+            return  # a client replaced by one of another MQTT version
+        self._login_answered = True
+        wait_s = self._version.answered(rc.value)
+        if wait_s is not None:
+            self._switch_version(wait_s)
+            return
+        self._error(f"mqtt: {self._where} refused the connection: {rc} (check "
+                    "mqtt.username, the password and the broker ACL)")
+
+    def _switch_version(self, wait_s: float) -> None:
+        """Log in with self._version.current on a new paho client (a client's version
+        is fixed when it is made), after wait_s."""
+        log.debug("mqtt: logging in to %s with MQTT %s in %.0f s", self._where,
+                  self._version.current, wait_s)
+        self._client.disconnect()  # its network thread ends at its next turn
         # Whatever the old client held goes again from the outbox.
         self._inflight.clear()
         self._last_sent_seq = 0
         self._client = self._make_client()
-        self._start()
+        if self._loop is not None:
+            self._loop.call_later(wait_s, self._start)
 
     def _start(self) -> None:
+        if self._closing:
+            return
         self._client.connect_async(self._m.host, self._m.port, keepalive=self._m.keepalive_s)
         self._client.loop_start()
 
-    def _up(self) -> None:
+    def _up(self, client: mqtt.Client) -> None:
+        if client is not self._client:
+            return
+        self._login_answered = True
+        self._version.answered(0)
+        if self._version.fell_back and not self._told_older:
+            self._told_older = True
+            log.warning("%s", older_protocol_note(self._where))
         self._connected = True
         self._said_since_down = False
         self._clash.connected(time.monotonic())
@@ -228,7 +244,7 @@ class Publisher:
             log.debug("mqtt: connected to %s again", self._where)
         else:
             self._last_logged = ""
-            log.info("mqtt: connected to %s (MQTT %s)", self._where, self._protocol)
+            log.info("mqtt: connected to %s (MQTT %s)", self._where, self._version.current)
         self._state.force()
         for hook in self._connect_hooks:
             for msg in hook():
@@ -250,9 +266,17 @@ class Publisher:
                 continue
             handler(topic, body)
 
-    def _down(self, reason: str, code: int) -> None:
+    def _down(self, client: mqtt.Client, reason: str, code: int) -> None:
+        if client is not self._client:
+            return
+        answered, self._login_answered = self._login_answered, False
         was = self._connected
         self._connected = False
+        if not (was or answered or self._closing):
+            wait_s = self._version.unanswered()
+            if wait_s is not None:
+                self._switch_version(wait_s)
+                return
         if was and not self._closing and self._clash.lost(time.monotonic(), code):
             client_id = self._m.client_id or f"roomscribe-{self._settings.device.id}"
             key, value = (("mqtt.client_id", client_id) if self._m.client_id
@@ -385,7 +409,7 @@ class Publisher:
         if (self._connected or self._said_since_down
                 or now - self._down_since < LOGIN_TIMEOUT_S):
             return
-        hint = silent_hint(self._m.tls, self._protocol)
+        hint = silent_hint(self._m.tls, self._version.current)
         self._error(f"mqtt: {self._where} took the connection but has not answered the "
                     f"login for {LOGIN_TIMEOUT_S:.0f} s ({hint}) (retrying)", logging.WARNING)
 
