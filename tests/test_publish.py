@@ -204,8 +204,11 @@ def test_a_broker_without_mqtt5_gets_3_1_1(broker: Broker, tmp_path: Path,
         proxy.close()
         sub.close()
     assert sub.texts() == texts  # once each, in order
-    assert [m.payload for m in sub.on("availability")] == [b"online", b"offline"]
-    assert proxy.refused_mqtt5 >= 1 and proxy.connections > proxy.refused_mqtt5
+    # (one "online" more when the broker closed the login: the 3.1.1 login was answered
+    # and MQTT 5 tried once more)
+    availability = [m.payload for m in sub.on("availability")]
+    assert set(availability[:-1]) == {b"online"} and availability[-1] == b"offline"
+    assert proxy.refused_mqtt5 == (1 if answer else 2) and proxy.connections > proxy.refused_mqtt5
     said = [(r.levelname, r.getMessage()) for r in caplog.records
             if r.name == "roomscribe.publish" and r.levelno >= logging.WARNING]
     assert said == [("WARNING", f"mqtt: 127.0.0.1:{proxy.port} does not speak MQTT 5: using "
@@ -443,17 +446,52 @@ def test_wrong_password_is_one_clear_line(password_broker: Broker, tmp_path: Pat
     assert wrong not in caplog.text
 
 
+def test_a_broker_still_starting_keeps_mqtt5(broker: Broker, tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    """A port that takes connections and drops them (Docker's, before the broker in the
+    container listens) drops MQTT 5 and 3.1.1 logins alike: once the broker is up, the
+    daemon must not stay on 3.1.1 because that was the version trying at the time."""
+    caplog.set_level(logging.INFO)
+    proxy = FaultProxy(broker.port)
+    proxy.refuse()
+    sub = Subscriber(broker.port)
+
+    async def body(pub: Publisher, outbox: Outbox) -> None:
+        pub.submit(transcript("said while the broker started"))
+        await asyncio.sleep(scaled(4))  # logins dropped: 1 + 2 s of turns
+        assert not pub.connected
+        proxy.heal()
+        await await_until(lambda: len(outbox) == 0, what="outbox drained")
+
+    try:
+        run_with_publisher(settings(tmp_path, proxy.port), body).close()
+    finally:
+        proxy.close()
+        sub.close()
+    assert sub.texts() == ["said while the broker started"]
+    assert f"connected to 127.0.0.1:{proxy.port} (MQTT 5)" in caplog.text
+    assert "does not speak MQTT 5" not in caplog.text
+
+
 def test_login_version_takes_3_1_1_from_a_broker_without_mqtt5() -> None:
     refused = LoginVersion("5", 1.0, 60.0)
     assert refused.answered(UNSUPPORTED_VERSION) == 1.0 and refused.current == "3.1.1"
     assert refused.answered(0) is None and refused.fell_back
     assert refused.unanswered() is None  # settled: a later outage changes nothing
-    # Unanswered logins: the versions take turns, backing off, until one is answered.
+    # Unanswered logins: the versions take turns, backing off, until one is answered;
+    # an answered 3.1.1 is held against MQTT 5 once more.
     dropped = LoginVersion("5", 1.0, 6.0)
     turns = [(dropped.unanswered(), dropped.current) for _ in range(5)]
     assert turns == [(1.0, "3.1.1"), (2.0, "5"), (4.0, "3.1.1"), (6.0, "5"), (6.0, "3.1.1")]
-    assert dropped.answered(0) is None and dropped.current == "3.1.1"
+    assert dropped.answered(0) == 1.0 and dropped.current == "5"
+    assert dropped.unanswered() == 1.0 and dropped.current == "3.1.1"  # no MQTT 5 here
+    assert dropped.answered(0) is None and dropped.fell_back
     assert dropped.unanswered() is None and dropped.current == "3.1.1"
+    # A broker still starting (its port taken, its logins dropped): MQTT 5 stays.
+    starting = LoginVersion("5", 1.0, 6.0)
+    assert starting.unanswered() == 1.0 and starting.answered(0) == 1.0
+    assert starting.answered(0) is None and starting.current == "5"
+    assert starting.unanswered() is None and not starting.fell_back
     # A wrong password is an answer, and the version stays.
     wrong = LoginVersion("5", 1.0, 60.0)
     assert wrong.answered(135) is None and wrong.unanswered() is None

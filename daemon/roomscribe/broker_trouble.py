@@ -39,10 +39,13 @@ class LoginVersion:
 
     The configured version first. A broker that refuses MQTT 5 as a version it does not
     speak gets 3.1.1. One that drops an MQTT 5 login unanswered may not speak it either
-    (RabbitMQ before 3.13 closes the connection; amqtt waits for the keepalive to run
-    out), and neither may a TLS port or a broker still starting: while logins go
-    unanswered the two versions take turns, backing off, and the first that gets an
-    answer stays. A refused password is an answer: it stays wrong in any version.
+    (RabbitMQ before 3.13 closes the connection; amqtt closes it after seconds), and
+    neither may a TLS port or a broker still starting: while logins go unanswered the
+    two versions take turns, backing off. A 3.1.1 login answered after that is held
+    against MQTT 5 once more, so that a broker that was only starting (a Docker port
+    takes connections before the broker in it listens) keeps MQTT 5; if MQTT 5 goes
+    unanswered again, 3.1.1 stays. A refused password is an answer: it stays wrong in
+    any version.
     """
 
     def __init__(self, configured: str, wait_min_s: float, wait_max_s: float) -> None:
@@ -51,6 +54,7 @@ class LoginVersion:
         self._settled = configured != "5"
         self._wait_s = (wait_min_s, max(wait_min_s, wait_max_s))
         self._turns = 0  # unanswered logins in a row
+        self._checked = False  # MQTT 5 tried again after 3.1.1 was answered
 
     @property
     def fell_back(self) -> bool:
@@ -59,16 +63,23 @@ class LoginVersion:
     def answered(self, reason_code: int) -> float | None:
         """The broker answered a login (CONNACK). The wait before logging in with
         the other version, or None to go on with this one."""
-        self._settled, self._turns = True, 0
+        self._turns = 0
         if self.current == "5" and reason_code == UNSUPPORTED_VERSION:
-            self.current = "3.1.1"
+            self.current, self._settled = "3.1.1", True
             return self._wait_s[0]
-        return None
+        if self._settled or self.current == "5" or self._checked:
+            self._settled = True
+            return None
+        self._checked, self.current = True, "5"
+        return self._wait_s[0]
 
     def unanswered(self) -> float | None:
         """The connection ended before its login was answered: as `answered`."""
         if self._settled:
             return None
+        if self._checked and self.current == "5":
+            self.current, self._settled = "3.1.1", True
+            return self._wait_s[0]
         self.current = "3.1.1" if self.current == "5" else "5"
         self._turns += 1
         low, high = self._wait_s

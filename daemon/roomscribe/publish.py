@@ -214,12 +214,16 @@ class Publisher:
         is fixed when it is made), after wait_s."""
         log.debug("mqtt: logging in to %s with MQTT %s in %.0f s", self._where,
                   self._version.current, wait_s)
-        self._client.disconnect()  # its network thread ends at its next turn
+        old, self._client = self._client, self._make_client()
+        old.disconnect()
+        self._login_answered = False
         # Whatever the old client held goes again from the outbox.
         self._inflight.clear()
         self._last_sent_seq = 0
-        self._client = self._make_client()
         if self._loop is not None:
+            # disconnect() alone does not stop a thread between two reconnects;
+            # loop_stop() does, joining it (up to a second), so off this thread.
+            self._loop.run_in_executor(None, old.loop_stop)
             self._loop.call_later(wait_s, self._start)
 
     def _start(self) -> None:
@@ -232,7 +236,10 @@ class Publisher:
         if client is not self._client:
             return
         self._login_answered = True
-        self._version.answered(0)
+        wait_s = self._version.answered(0)
+        if wait_s is not None:
+            self._switch_version(wait_s)  # MQTT 5 once more, before 3.1.1 stays
+            return
         if self._version.fell_back and not self._told_older:
             self._told_older = True
             log.warning("%s", older_protocol_note(self._where))
