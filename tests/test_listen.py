@@ -70,18 +70,28 @@ def publish(port: int, topic: str, body: bytes) -> None:
         c.loop_stop()
 
 
+def listening(tmp: Path, port: int, count: int) -> Listener:
+    """`listen --count` on the broker at `port`, subscribed (or the test fails)."""
+    config = tmp / "config.toml"
+    config.write_text(f"[mqtt]\nport = {port}\n")
+    listener = Listener(tmp, config, "--count", str(count))
+    try:
+        wait(lambda: "waiting for transcripts" in listener.said(), 20,
+             f"the listener to subscribe; it said: {listener.said()}")
+    except BaseException:
+        listener.stop()
+        raise
+    return listener
+
+
 def at(start: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(start))
 
 
 def test_prints_transcripts_and_waits_out_a_broker_restart(broker: Broker,
                                                           tmp_path: Path) -> None:
-    config = tmp_path / "config.toml"
-    config.write_text(f"[mqtt]\nport = {broker.port}\n")
-    listener = Listener(tmp_path, config, "--count", "4")
+    listener = listening(tmp_path, broker.port, 4)
     try:
-        wait(lambda: "waiting for transcripts" in listener.said(), 20,
-             f"the listener to subscribe; it said: {listener.said()}")
         assert f"roomscribe/+/transcript at 127.0.0.1:{broker.port}" in listener.said()
         start = time.time()
         body = send(broker.port, "kitchen", "Turn on the lights.", start)
@@ -258,12 +268,8 @@ def test_a_broker_without_mqtt5_is_listened_to_with_3_1_1(broker: Broker, tmp_pa
 
     proxy = FaultProxy(broker.port)
     proxy.refuse_mqtt5(answer)
-    config = tmp_path / "config.toml"
-    config.write_text(f"[mqtt]\nport = {proxy.port}\n")
-    listener = Listener(tmp_path, config, "--count", "1")
+    listener = listening(tmp_path, proxy.port, 1)
     try:
-        wait(lambda: "waiting for transcripts" in listener.said(), 20,
-             f"the listener to subscribe; it said: {listener.said()}")
         start = time.time()
         send(broker.port, "kitchen", "Turn on the lights.", start)
         assert listener.proc.wait(scaled(20)) == 0, listener.said()
