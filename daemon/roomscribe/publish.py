@@ -212,7 +212,7 @@ class Publisher:
     def _switch_version(self, wait_s: float) -> None:
         """Log in with self._version.current on a new paho client (a client's version
         is fixed when it is made), after wait_s."""
-        log.debug("mqtt: logging in to %s with MQTT %s in %.0f s", self._where,
+        log.debug("mqtt: logging in to %s with MQTT %s in %.1f s", self._where,
                   self._version.current, wait_s)
         old, self._client = self._client, self._make_client()
         old.disconnect()
