@@ -81,6 +81,10 @@ def test_an_empty_device_id_is_this_machines_hostname() -> None:
     ("[mqtt]\nhost = ''", "c.toml: mqtt.host '' is not a host name or address"),
     ("[mqtt]\nhost = 'mqtt://10.0.0.2:1883'", "c.toml: mqtt.host 'mqtt://10.0.0.2:1883' is "
      "not a host name or address (mqtt.host = \"10.0.0.2\", mqtt.port = 1883)"),
+    ("[mqtt]\nhost = '10.0.0.2:1884'", "c.toml: mqtt.host '10.0.0.2:1884' is not a host "
+     "name or address (mqtt.host = \"10.0.0.2\", mqtt.port = 1884)"),
+    ("[mqtt]\nhost = '[fd00::2]'", "c.toml: mqtt.host '[fd00::2]' is not a host name or "
+     "address (mqtt.host = \"fd00::2\")"),
     ("[mqtt]\nhost = 'mqtts://broker.lan'", "c.toml: mqtt.host 'mqtts://broker.lan' is not a "
      "host name or address (mqtt.host = \"broker.lan\", mqtt.tls = true)"),
     ("[mqtt]\ntls = 'yes'", "c.toml: mqtt.tls must be true or false"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import os
 import re
 import socket
@@ -496,7 +497,7 @@ def _validate(settings: Settings, where: str) -> None:
     if len(set(settings.uplink.urls)) != len(settings.uplink.urls):
         raise ConfigError(f"{where}: uplink.urls lists an endpoint twice")
     host = settings.mqtt.host
-    if not host or any(c.isspace() for c in host) or "/" in host:
+    if not host or any(c.isspace() for c in host) or "/" in host or _with_port(host):
         raise ConfigError(f"{where}: mqtt.host {host!r} is not a host name or address "
                           f"({_host_hint(host)})")
     if any(c in settings.mqtt.topic_prefix for c in "#+") or not settings.mqtt.topic_prefix:
@@ -507,10 +508,23 @@ def _validate(settings: Settings, where: str) -> None:
     _validate_triggers(settings.triggers, where)
 
 
-def _host_hint(host: str) -> str:
-    """What to write instead of a broker URL (people copy one from other tools)."""
+def _with_port(host: str) -> bool:
+    """"10.0.0.2:1883", "[::1]": a port or brackets the resolver would not take. A
+    colon is only right in a bare IPv6 address."""
+    if ":" not in host and "[" not in host:
+        return False
     try:
-        parts = urlsplit(host) if "://" in host else None
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return True
+    return False
+
+
+def _host_hint(host: str) -> str:
+    """What to write instead of a broker URL (people copy one from other tools) or a
+    host with its port."""
+    try:
+        parts = urlsplit(host if "://" in host else f"//{host}") if ":" in host else None
         port = parts.port if parts else None
     except ValueError:
         parts, port = None, None
