@@ -404,6 +404,46 @@ def password_broker(tmp_path: Path) -> Iterator[Broker]:
     b.stop()
 
 
+def test_a_topic_the_broker_acl_refuses_is_said_once(tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """An account allowed roomscribe/# only: Home Assistant never saw the device and a
+    trigger never fired, and the log said nothing (Mosquitto answers MQTT 5 with "Not
+    authorized"; over 3.1.1 it drops the message without a word)."""
+    caplog.set_level(logging.INFO)
+    pw, acl = tmp_path / "passwd", tmp_path / "acl"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(pw), "mic", "s3cret-Pa55"],
+                   check=True, timeout=scaled(30), capture_output=True)
+    acl.write_text("user mic\ntopic readwrite roomscribe/#\n")
+    broker = start_broker(tmp_path, f"allow_anonymous false\npassword_file {pw}\n"
+                                    f"acl_file {acl}\nuser root\n")
+    discovery = [Message(f"homeassistant/sensor/{DEVICE}/{key}/config", {"name": key},
+                         retain=True) for key in ("status", "buffered")]
+    trigger = Message("home/lights/set", "ON")
+
+    async def body(pub: Publisher, outbox: Outbox) -> None:
+        await await_until(lambda: pub.connected, what="connect")
+        for msg in [*discovery, trigger, trigger]:
+            pub.send(msg)
+        pub.submit(transcript("lights on"))
+        await await_until(lambda: "home/lights/set" in caplog.text, what="the trigger said")
+        await await_until(lambda: len(outbox) == 0, what="the transcript delivered")
+        assert pub.trouble.startswith("mqtt: 127.0.0.1")  # Home Assistant's Last error
+
+    try:
+        run_with_publisher(settings(tmp_path / "s", broker.port, username="mic"), body,
+                           password="s3cret-Pa55").close()
+    finally:
+        broker.stop()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    where = f"mqtt: 127.0.0.1:{broker.port} refused a message on"
+    assert errors == [
+        f"{where} {discovery[0].topic}: Not authorized (the broker's ACL must let user "
+        "'mic' publish to homeassistant/#)",
+        f"{where} home/lights/set: Not authorized (the broker's ACL must let user 'mic' "
+        "publish to home/#)",
+    ], errors
+
+
 def test_password_broker(password_broker: Broker, tmp_path: Path) -> None:
     port = password_broker.port
     watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)

@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 
 # Spare in-flight slots for availability and state messages next to the transcripts.
 _SPARE_INFLIGHT = 4
+# Other QoS 1 messages (state, discovery, triggers) whose PUBACK is awaited, to name a
+# topic the broker refuses: ~100 bytes each.
+_EXTRAS_MAX = 256
 
 
 class PublishError(Exception):
@@ -88,6 +91,11 @@ class Publisher:
         self._inflight: dict[int, OutboxEntry] = {}
         self._last_sent_seq = 0
         self._waiters: dict[int, asyncio.Future[None]] = {}
+        self._extras: dict[int, str] = {}  # mid -> topic; bound: _EXTRAS_MAX
+        # First topic level -> what was said of the broker refusing it (an ACL that lets
+        # us publish transcripts but not discovery or a trigger's topic); bound: the
+        # roots we publish to.
+        self._refused_roots: dict[str, str] = {}
         self._state = payload.StateReporter(m.state_interval_s, time.monotonic())
         self._partials: payload.Throttle[str] = payload.Throttle(m.partial_interval_ms / 1000)
         self._partial_timer: asyncio.TimerHandle | None = None
@@ -114,7 +122,9 @@ class Publisher:
         """A problem on this side that lasts while transcripts still flow, for the
         state's last_error: another client with our id, or a disk that refuses the
         outbox. "" when there is none."""
-        return self._clash_text if self._clash.suspected else self._outbox.write_error
+        if self._clash.suspected:
+            return self._clash_text
+        return self._outbox.write_error or next(iter(self._refused_roots.values()), "")
 
     @property
     def _v5(self) -> bool:
@@ -219,6 +229,7 @@ class Publisher:
         self._login_answered = False
         # Whatever the old client held goes again from the outbox.
         self._inflight.clear()
+        self._extras.clear()
         self._last_sent_seq = 0
         if self._loop is not None:
             # disconnect() alone does not stop a thread between two reconnects;
@@ -303,6 +314,9 @@ class Publisher:
     def _acked(self, mid: int, rc: ReasonCode) -> None:
         entry = self._inflight.pop(mid, None)
         if entry is None:
+            topic = self._extras.pop(mid, None)
+            if topic is not None:
+                self._extra_acked(topic, rc)
             waiter = self._waiters.pop(mid, None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
@@ -313,6 +327,30 @@ class Publisher:
                         f"{self.topics.transcript}: {rc}")
         self._ack(entry.id, delivered=not rc.is_failure)
         self._wake.set()
+
+    def _extra_acked(self, topic: str, rc: ReasonCode) -> None:
+        """MQTT 5 brokers say when their ACL refuses a message (3.1.1 ones drop it
+        silently): said once per first topic level, until one there goes through."""
+        root = topic.split("/", 1)[0]
+        if not rc.is_failure:
+            self._refused_roots.pop(root, None)
+            return
+        if root in self._refused_roots:
+            return
+        who = f"user {self._m.username!r}" if self._m.username else "this client"
+        self._refused_roots[root] = text = (
+            f"mqtt: {self._where} refused a message on {topic}: {rc} (the broker's ACL "
+            f"must let {who} publish to {root}/#)")
+        self._error(text)
+
+    def _publish(self, topic: str, body: bytes | str, qos: int, retain: bool,
+                 properties: Properties | None = None) -> None:
+        """Publish anything but a transcript, keeping the topic for its PUBACK."""
+        info = self._client.publish(topic, body, qos=qos, retain=retain, properties=properties)
+        if qos > 0:
+            if len(self._extras) >= _EXTRAS_MAX:
+                self._extras.pop(next(iter(self._extras)))
+            self._extras[info.mid] = topic
 
     def _ack(self, entry_id: str, delivered: bool = False) -> None:
         was = self._outbox.write_error
@@ -378,7 +416,7 @@ class Publisher:
                            outbox_pending=pending, outbox_dropped=dropped)
         state = self._state.due(time.monotonic())
         if state is not None:
-            self._client.publish(
+            self._publish(
                 self.topics.state,
                 state.encode(device=self._settings.device.id, room=self._settings.device.room,
                              now=time.time()),
@@ -470,7 +508,7 @@ class Publisher:
     def _send_partial(self, text: str) -> None:
         body = payload.partial_payload(text, device=self._settings.device.id,
                                        room=self._settings.device.room, published=time.time())
-        self._client.publish(self.topics.partial, body, qos=payload.PARTIAL_QOS, retain=False,
+        self._publish(self.topics.partial, body, qos=payload.PARTIAL_QOS, retain=False,
                              properties=self._properties(None))
 
     def send(self, msg: Message) -> bool:
@@ -481,7 +519,7 @@ class Publisher:
         """
         if not self._connected:
             return False
-        self._client.publish(msg.topic, msg.encode(), qos=msg.qos, retain=msg.retain)
+        self._publish(msg.topic, msg.encode(), qos=msg.qos, retain=msg.retain)
         return True
 
     def add_connect_hook(self, build: Callable[[], Iterable[Message]]) -> None:
