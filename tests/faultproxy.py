@@ -79,7 +79,8 @@ class FaultProxy:
                 self.refused_mqtt5 += 1
                 if self._refuse_mqtt5 == "answer":
                     writer.write(bytes([0x20, 2, 0, 1]))  # CONNACK 1: unacceptable version
-                    await writer.drain()
+                    with contextlib.suppress(ConnectionError):  # the client gave up first
+                        await writer.drain()
                 writer.close()
                 return
         try:

@@ -93,11 +93,11 @@ def _login(settings: Settings, password: str, tool: str, client_id: str, timeout
     try:
         if not answered.wait(timeout_s):
             raise LoginError(f"{tool}: {where(settings)} did not answer within "
-                             f"{timeout_s:.0f} s{tried} ({silent_hint(m.tls, protocol)})",
+                             f"{timeout_s:.0f} s{tried} ({silent_hint(m.tls)})",
                              "silent")
         if dropped:
             raise LoginError(f"{tool}: {where(settings)} closed the connection without "
-                             f"answering the login{tried} ({silent_hint(m.tls, protocol)})",
+                             f"answering the login{tried} ({silent_hint(m.tls)})",
                              "dropped")
         if refused:
             reason, code = refused[0]

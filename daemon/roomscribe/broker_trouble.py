@@ -11,15 +11,12 @@ from __future__ import annotations
 LOGIN_TIMEOUT_S = 10.0
 
 
-def silent_hint(tls: bool, protocol: str = "3.1.1") -> str:
-    """Why a port takes the connection and never answers the login, most often."""
-    hint = "is it the broker's MQTT port?"
-    if not tls:
-        hint += " A TLS port, often 8883, needs mqtt.tls = true"
-    if protocol == "5":
-        # amqtt, for one, reads an MQTT 5 login as a broken 3.1.1 one and never answers.
-        hint += '; a broker without MQTT 5 may need mqtt.protocol = "3.1.1"'
-    return hint
+def silent_hint(tls: bool) -> str:
+    """Why a port takes the connection and never answers the login, most often (a
+    broker that does not answer MQTT 5 is asked in 3.1.1 next: LoginVersion)."""
+    if tls:
+        return "is it the broker's MQTT port?"
+    return "is it the broker's MQTT port? A TLS port, often 8883, needs mqtt.tls = true"
 
 
 # CONNACK "Unsupported protocol version": MQTT 5's reason code, and what paho makes of

@@ -454,7 +454,7 @@ class Publisher:
         if (self._connected or self._said_since_down
                 or now - self._down_since < LOGIN_TIMEOUT_S):
             return
-        hint = silent_hint(self._m.tls, self._version.current)
+        hint = silent_hint(self._m.tls)
         self._error(f"mqtt: {self._where} took the connection but has not answered the "
                     f"login for {LOGIN_TIMEOUT_S:.0f} s ({hint}) (retrying)", logging.WARNING)
 
