@@ -189,8 +189,10 @@ class Publisher:
                        _p: Any) -> None:
         self._call(self._down, client, str(rc), rc.value)
 
-    def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
-        self._call(self._acked, mid, rc)
+    def _on_publish(self, client: mqtt.Client, _u: Any, mid: int, rc: ReasonCode,
+                    _p: Any) -> None:
+        if client is self._client:  # a replaced client's message ids mean nothing now
+            self._call(self._acked, mid, rc)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         self._call(self._dispatch, msg.topic, bytes(msg.payload), bool(msg.retain))
@@ -509,7 +511,7 @@ class Publisher:
         body = payload.partial_payload(text, device=self._settings.device.id,
                                        room=self._settings.device.room, published=time.time())
         self._publish(self.topics.partial, body, qos=payload.PARTIAL_QOS, retain=False,
-                             properties=self._properties(None))
+                      properties=self._properties(None))
 
     def send(self, msg: Message) -> bool:
         """Publish an extra message (discovery, hermes, mute state) if connected.
