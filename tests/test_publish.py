@@ -328,6 +328,34 @@ class Child:
         self.proc.stdout.close()
 
 
+def test_a_stop_before_the_broker_was_reached_says_what_waits(
+        broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The outbox keeps them for the next start; the stop used to say nothing of them."""
+    caplog.set_level(logging.INFO)
+    broker.stop()
+    s = settings(tmp_path, broker.port)
+
+    async def said(pub: Publisher, _o: Outbox) -> None:
+        pub.submit(transcript("one"))
+        pub.submit(transcript("two"))
+        await asyncio.sleep(0.5)  # trying to connect
+
+    run_with_publisher(s, said).close()
+    assert (f"mqtt: 2 transcript(s) not delivered at shutdown: they stay in "
+            f"{tmp_path / 'outbox.sqlite3'} and go out when the daemon next reaches "
+            f"127.0.0.1:{broker.port}") in caplog.text
+    broker.start()
+    sub = Subscriber(broker.port)
+
+    async def later(_p: Publisher, outbox: Outbox) -> None:
+        await await_until(lambda: len(outbox) == 0, what="the outbox sent")
+
+    run_with_publisher(s, later).close()
+    wait(lambda: len(sub.texts()) == 2, 10, "both")
+    assert sub.texts() == ["one", "two"]
+    sub.close()
+
+
 def test_will_offline_on_sigkill(broker: Broker, tmp_path: Path) -> None:
     sub = Subscriber(broker.port)
     child = Child(write_config(tmp_path, broker.port), 0, "x")

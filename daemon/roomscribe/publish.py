@@ -558,11 +558,18 @@ class Publisher:
             if not self._inflight:
                 break
             await self._wait_wake(flush_until - loop.time())
-        if self._inflight:
-            log.warning("mqtt: %d transcript(s) not acknowledged at shutdown; "
-                        "they stay in the outbox", len(self._inflight))
         with contextlib.suppress(sqlite3.Error):
             self.lost_at_close = self._outbox.unsaved
+        try:
+            waiting = len(self._outbox) - self.lost_at_close
+        except (OutboxError, sqlite3.Error):
+            waiting = len(self._inflight)
+        if waiting:
+            # Not lost, but not where the user looks either (a broker never reached said
+            # nothing at all here).
+            log.warning("mqtt: %d transcript(s) not delivered at shutdown: they stay in "
+                        "%s and go out when the daemon next reaches %s", waiting,
+                        self._outbox.path, self._where)
         if self.lost_at_close:
             log.warning("%s: %d transcript(s) held in memory (the disk refused them) "
                         "are lost with this stop", self._outbox.path, self.lost_at_close)
