@@ -13,7 +13,7 @@ import pytest
 from conftest import AUDIO_DIR
 from roomscribe.audio import Frame
 from roomscribe.config import CaptureSettings
-from roomscribe.level import FLOOR_DBFS, Meter, format_level, run_level
+from roomscribe.level import FLOOR_DBFS, HUSH_S, Hush, Meter, format_level, run_level
 
 
 def test_full_scale_sine_reads_minus_3_dbfs_rms_and_0_peak() -> None:
@@ -96,3 +96,27 @@ def test_a_mic_another_program_holds_is_named_with_how_to_free_it(
     with pytest.raises(CaptureError) as err:
         asyncio.run(first(gone))
     assert "is the mic plugged in" in str(err.value)
+
+
+def test_a_mic_that_hears_nothing_from_the_start_is_said_once_and_its_sound_too() -> None:
+    zeros, second = bytes(3200), 0.1  # 100 ms frames of digital silence
+    rng = np.random.default_rng(1)
+    floor = (rng.normal(0, 32768 * 10 ** (-70 / 20), 1600)).round().astype("<i2").tobytes()
+    speech = (rng.normal(0, 3000, 1600)).round().astype("<i2").tobytes()
+
+    muted = Hush("capture.device 'mic'")
+    said = [muted.feed(zeros, second) for _ in range(int(HUSH_S / second) + 100)]
+    assert [s for s in said if s] == [
+        f"capture: capture.device 'mic' has heard nothing for {HUSH_S:.0f} s (every sample "
+        "under -80 dBFS): is its capture switch off or its gain at 0? (alsamixer, F4; "
+        "`roomscribe level` shows what it hears)"]
+    assert said.index(next(s for s in said if s)) == round(HUSH_S / second) - 1
+    assert muted.feed(speech, second).startswith("capture: capture.device 'mic' hears sound")
+    assert muted.heard and not any(muted.feed(zeros, second) for _ in range(1000))
+
+    # A quiet room on a working mic (a noise floor at -70 dBFS) is sound.
+    quiet = Hush("mic")
+    assert not any(quiet.feed(floor, second) for _ in range(1000))
+    # A mic that gates a quiet room to zeros after it heard something: no fault.
+    gated = Hush("mic")
+    assert not any(gated.feed(frame, second) for frame in [speech, *[zeros] * 1000])

@@ -306,3 +306,40 @@ def test_sigterm_mid_sentence_still_publishes_it(tmp_path: Path, broker: Broker,
     # no outage; capture closes and the socket goes as it stops).
     last = json.loads([m.payload for m in sub.on("state")][-1])
     assert last["status"] == "streaming" and last["last_error"] is None, last
+
+
+def test_a_mic_that_hears_nothing_is_said_and_then_its_speech_arrives(
+        tmp_path: Path, broker: Broker, server: int) -> None:
+    """A capture switch left off: digital silence, streamed without a word, and no
+    transcript ever came. The daemon says so after a minute; then the switch is turned
+    on (here: the recording's speech begins) and the words arrive."""
+    import numpy as np
+
+    from roomscribe.level import HUSH_S
+    from stack import read_mono_16k
+
+    wav = tmp_path / "switch-off-then-on.wav"
+    pcm = np.concatenate([np.zeros(int((HUSH_S + 2) * 16000)), read_mono_16k(CLIPS[0]),
+                          np.zeros(3 * 16000)]).astype("<i2")
+    with wave.open(str(wav), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(pcm.tobytes())
+    sub = Subscriber(broker.port)
+    daemon = start_daemon(tmp_path, daemon_config(tmp_path, server_port=server,
+                                                  broker_port=broker.port, wav=wav,
+                                                  realtime=False))
+    try:
+        status = daemon.wait(120)
+        wait(lambda: "country" in " ".join(sub.texts()), 10, "the sentence")
+    finally:
+        daemon.stop()
+        sub.close()
+    out = daemon.output()
+    assert status == 0 and "Traceback" not in out, out[-3000:]
+    lines = [line for line in out.splitlines() if "capture: capture.file" in line]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("WARNING roomscribe: capture: capture.file") \
+        and "has heard nothing for 60 s" in lines[0], lines
+    assert lines[1].startswith("INFO") and "hears sound now" in lines[1], lines

@@ -16,11 +16,12 @@ from collections.abc import AsyncIterator
 
 from . import config, credentials, identity, statedir
 from .audio import Frame
-from .capture import CaptureStats, frames
+from .capture import CaptureStats, frames, source_name
 from .config import Settings
 from .gate import Close, Gate, GateEvent, Open
 from .health import Health, Status, available
 from .integrations import Integrations
+from .level import Hush
 from .notify import Notifier, status_line
 from .outbox import Outbox
 from .protocol import ClientCore
@@ -63,6 +64,7 @@ class Daemon:
                              on_partial=partial or (lambda _t: None),
                              on_status=self._uplink_status)
         self.capture_stats = CaptureStats()
+        self.hush = Hush(source_name(settings.capture))
         self.health = Health()
         self.notifier = Notifier.from_env()
         self.started = time.monotonic()
@@ -125,6 +127,8 @@ class Daemon:
         mute = self.integrations.mute
         async for frame in source:
             self.notifier.frame_arrived(time.monotonic())
+            if said := self.hush.feed(frame.pcm, frame.duration_s):
+                log.log(logging.INFO if self.hush.heard else logging.WARNING, "%s", said)
             if mute.muted:
                 # Privacy: nothing leaves the device, nothing is kept for later.
                 if self.gate.is_open:

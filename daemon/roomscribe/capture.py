@@ -226,6 +226,15 @@ def alsa_knows(device: str) -> bool:
         return True
 
 
+def source_name(settings: CaptureSettings) -> str:
+    """The audio source as the config names it, for messages."""
+    if settings.source == "stdin":
+        return "stdin"
+    if settings.source == "file":
+        return f"capture.file {settings.file!r}"
+    return f"capture.device {settings.device!r}"
+
+
 def check_device(device: str) -> None:
     if not alsa_knows(device):
         names = ", ".join(alsaaudio.pcms(alsaaudio.PCM_CAPTURE)) or "none"

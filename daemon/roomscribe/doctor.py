@@ -23,12 +23,11 @@ from . import broker_login, config, credentials, protocol
 from .broker_trouble import LOGIN_TIMEOUT_S, silent_hint
 from .capture import CaptureError, CaptureStats, busy_fix, frames
 from .config import Settings
-from .level import Meter
+from .level import SILENT_PEAK_DBFS, Meter
 from .retry import describe, settings_refused
 from .ring import Ring
 
 MIC_LISTEN_S = 2.0
-SILENT_PEAK_DBFS = -80.0
 
 
 def _reason(exc: BaseException) -> str:

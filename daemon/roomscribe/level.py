@@ -20,7 +20,7 @@ from typing import TextIO
 import numpy as np
 
 from .audio import Frame
-from .capture import CaptureError, CaptureStats, busy_fix, frames
+from .capture import CaptureError, CaptureStats, busy_fix, frames, source_name
 from .config import CaptureSettings
 
 FLOOR_DBFS = -120.0
@@ -74,6 +74,53 @@ class Meter:
         return level
 
 
+# A peak this low is no microphone at all: a quiet room's noise floor on a working mic
+# is tens of dB above it; a capture switch off or a gain of 0 gives exact zeros.
+SILENT_PEAK_DBFS = -80.0
+# How long a mic may hear nothing, from the start, before the daemon says so.
+HUSH_S = 60.0
+
+
+class Hush:
+    """Tells a microphone that hears nothing (no I/O: frames in, a line to log out).
+
+    `roomscribe check --connect` and `level` find a capture switch left off or a gain
+    at 0; a daemon started without them streamed digital silence and said nothing, so
+    no transcript ever came and nothing told why. Said once, after HUSH_S of audio with
+    no sample above SILENT_PEAK_DBFS from the start; and once more when sound comes.
+    Only from the start: some USB mics gate a quiet room to exact zeros, and a night's
+    silence after a day's speech is no fault.
+    """
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._quiet_s = 0.0
+        self._heard = False
+        self._said = False
+
+    @property
+    def heard(self) -> bool:
+        return self._heard
+
+    def feed(self, pcm: bytes, duration_s: float) -> str:
+        """What to log about this frame ("" for nothing)."""
+        if self._heard:
+            return ""
+        x = np.frombuffer(pcm, dtype="<i2")
+        peak = dbfs(float(np.abs(x.astype(np.int32)).max())) if len(x) else FLOOR_DBFS
+        if peak > SILENT_PEAK_DBFS:
+            self._heard = True
+            return (f"capture: {self._what} hears sound now (peak {peak:.0f} dBFS)"
+                    if self._said else "")
+        self._quiet_s += duration_s
+        if self._said or self._quiet_s < HUSH_S:
+            return ""
+        self._said = True
+        return (f"capture: {self._what} has heard nothing for {HUSH_S:.0f} s (every "
+                f"sample under {SILENT_PEAK_DBFS:.0f} dBFS): is its capture switch off or "
+                "its gain at 0? (alsamixer, F4; `roomscribe level` shows what it hears)")
+
+
 def format_level(level: Level) -> str:
     filled = round(_BAR_WIDTH * (1 + level.rms_dbfs / _BAR_RANGE_DB))
     filled = min(_BAR_WIDTH, max(0, filled))
@@ -94,10 +141,8 @@ async def _soon(source: AsyncGenerator[Frame, None], settings: CaptureSettings,
         async with asyncio.timeout(FIRST_AUDIO_S):
             first = await anext(source)
     except TimeoutError:
-        what = "stdin" if settings.source == "stdin" else (
-            f"capture.file {settings.file!r}" if settings.source == "file"
-            else f"capture.device {settings.device!r}")
-        why = stats.last_error or f"{what}: no audio within {FIRST_AUDIO_S:.0f} s"
+        why = (stats.last_error
+               or f"{source_name(settings)}: no audio within {FIRST_AUDIO_S:.0f} s")
         fix = busy_fix(why) or ("is the mic plugged in, and is it the right "
                                 "capture.device? `roomscribe devices` lists them")
         raise CaptureError(f"level: {why} ({fix})") from None
