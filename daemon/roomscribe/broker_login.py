@@ -80,7 +80,7 @@ def _login(settings: Settings, password: str, tool: str, client_id: str, timeout
         client.username_pw_set(m.username, password or None)
     client.on_connect = on_connect
     client.on_disconnect = on_disconnect
-    tried = f", {tried}" if tried else ""
+    versions = f", {tried}" if tried else ""
     try:
         if m.tls:
             client.tls_set(ca_certs=m.ca_file or None, certfile=m.cert_file or None,
@@ -93,11 +93,11 @@ def _login(settings: Settings, password: str, tool: str, client_id: str, timeout
     try:
         if not answered.wait(timeout_s):
             raise LoginError(f"{tool}: {where(settings)} did not answer within "
-                             f"{timeout_s:.0f} s{tried} ({silent_hint(m.tls)})",
+                             f"{timeout_s:.0f} s{versions} ({silent_hint(m.tls)})",
                              "silent")
         if dropped:
             raise LoginError(f"{tool}: {where(settings)} closed the connection without "
-                             f"answering the login{tried} ({silent_hint(m.tls)})",
+                             f"answering the login{versions} ({silent_hint(m.tls)})",
                              "dropped")
         if refused:
             reason, code = refused[0]

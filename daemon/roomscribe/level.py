@@ -94,6 +94,7 @@ class Hush:
 
     def __init__(self, what: str) -> None:
         self._what = what
+        self._meter = Meter()
         self._quiet_s = 0.0
         self._heard = False
         self._said = False
@@ -106,8 +107,8 @@ class Hush:
         """What to log about this frame ("" for nothing)."""
         if self._heard:
             return ""
-        x = np.frombuffer(pcm, dtype="<i2")
-        peak = dbfs(float(np.abs(x.astype(np.int32)).max())) if len(x) else FLOOR_DBFS
+        self._meter.add(pcm)
+        peak = self._meter.take().peak_dbfs
         if peak > SILENT_PEAK_DBFS:
             self._heard = True
             return (f"capture: {self._what} hears sound now (peak {peak:.0f} dBFS)"
