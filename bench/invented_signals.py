@@ -31,6 +31,7 @@ import argparse
 import statistics
 import string
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,8 +68,9 @@ def collect() -> list[Final]:
     judge = invented.strip_invented
 
     def recording(text: str, pcm: npt.NDArray[np.int16], avg_logprob: float = 0.0,
-                  context: str = "", no_speech_prob: float = 0.0) -> str:
-        kept = judge(text, pcm, avg_logprob, context, no_speech_prob)
+                  context: str = "", no_speech_prob: float = 0.0,
+                  prior: Callable[[str], float] | None = None) -> str:
+        kept = judge(text, pcm, avg_logprob, context, no_speech_prob, prior)
         finals.append(Final(item["id"], item["kind"] != "nonspeech", pcm, context, text,
                             kept, avg_logprob, invented.speech_heard(pcm).mean))
         return kept

@@ -58,7 +58,8 @@ def said_in_rooms(model: Transcriber, said: corpus.Audio, noises: dict[str, corp
         pcm = corpus.to_int16(mixed)
         decoded = model._decode(pcm, True, "")
         kept = invented.strip_invented(decoded.text, pcm, decoded.avg_logprob, "",
-                                       decoded.no_speech_prob) if decoded.text else ""
+                                       decoded.no_speech_prob,
+                                       model.prior_logprob) if decoded.text else ""
         yield room, decoded, kept, pcm
 
 

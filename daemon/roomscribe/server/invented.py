@@ -70,7 +70,7 @@ Silero runs here only on finals (a few ms per second of audio), on a fresh state
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -90,6 +90,8 @@ LOOP_PHRASE_WORDS = 10
 LOOP_SHARE = 0.6
 SURE_SPEECH_MEAN = 0.6
 UNSURE_LOGPROB = -0.75  # Whisper's own "improbable" is -1, for any audio
+DOUBT_LOGPROB = -0.5
+HEARD_SHARE = 0.85
 VOICES_MIN_WORDS = 2
 _WINDOW = 512
 
@@ -140,11 +142,14 @@ def speech_heard(pcm: npt.NDArray[np.int16]) -> Heard:
 
 
 def strip_invented(text: str, pcm: npt.NDArray[np.int16], avg_logprob: float = 0.0,
-                   context: str = "", no_speech_prob: float = 0.0) -> str:
+                   context: str = "", no_speech_prob: float = 0.0,
+                   prior: Callable[[str], float] | None = None) -> str:
     """`text` without what Whisper invented over `pcm` (see the module's rules).
     `avg_logprob`: the decode's average log-probability per token (0: not known);
     `context`: the turn's text before this piece (a cut by max_speech);
-    `no_speech_prob`: Whisper's probability that `pcm` holds no speech (0: not known)."""
+    `no_speech_prob`: Whisper's probability that `pcm` holds no speech (0: not known);
+    `prior`: a text's average log-probability per token to the same model with no
+    audio (None: not known); asked only for a final *voices but no words* doubts."""
     text = " ".join(_SIGN_OFF.sub(" ", _ANNOTATION.sub(" ", text)).split())
     if not any(c.isalnum() for c in text):
         return ""
@@ -152,8 +157,8 @@ def strip_invented(text: str, pcm: npt.NDArray[np.int16], avg_logprob: float = 0
     speech_s = heard.speech_s
     if heard.top < ANY_SPEECH_PROB or speech_s < MIN_SPEECH_S:
         return ""
-    if (heard.mean >= SURE_SPEECH_MEAN and avg_logprob < UNSURE_LOGPROB
-            and voices_rule_judges(text)):
+    if (heard.mean >= SURE_SPEECH_MEAN and voices_rule_judges(text)
+            and (avg_logprob < UNSURE_LOGPROB or heard_too_little(text, avg_logprob, prior))):
         return ""
     doubted = no_speech_prob > PHRASE_NO_SPEECH_PROB and avg_logprob < UNSURE_LOGPROB
     if (speech_s < PHRASE_SPEECH_S or doubted) and _silence_phrases_only(text):
@@ -170,6 +175,17 @@ def strip_invented(text: str, pcm: npt.NDArray[np.int16], avg_logprob: float = 0
     if words and before and _looped_share(words, before) >= LOOP_SHARE:
         return ""
     return text
+
+
+def heard_too_little(text: str, avg_logprob: float,
+                     prior: Callable[[str], float] | None) -> bool:
+    """Whether Whisper's doubted confidence in `text` (under DOUBT_LOGPROB) owes more
+    to the text being likely than to the audio: the audio explains less than
+    HEARD_SHARE of how unlikely the text is with no audio."""
+    if prior is None or avg_logprob >= DOUBT_LOGPROB:
+        return False
+    unheard = prior(text)
+    return unheard >= 0 or 1 - avg_logprob / unheard < HEARD_SHARE
 
 
 def voices_rule_judges(text: str) -> bool:
