@@ -1,5 +1,5 @@
 """Could any other signal tell invented words from speech? (a script, not a test;
-issue #13, docs/architecture.md "Why the talk show's 7 words stay").
+issue #13, docs/architecture.md "What Whisper expects anyway").
 
 Streams every item of the real-speech corpus (bench/corpus.py) through the server's
 session at its default settings, as bench/real_speech.py does, and keeps each final's

@@ -3,18 +3,21 @@ not a test; issue #13, docs/architecture.md "Short phrases in noisy rooms").
 
 server/invented.py drops a final that Silero is sure is speech while Whisper is unsure
 of its words (*voices but no words*: Silero's mean probability at least
-SURE_SPEECH_MEAN and an average log-probability under UNSURE_LOGPROB), among other
-rules. Its thresholds were set on the corpus's long recordings. This plays short
-prompts of one studio voice (Allison Smith's, from bench/corpus.py's Debian package:
-each alone, at -26 dBFS between quarter-second pads) in five rooms: quiet, and at 10 dB
-SNR under the corpus's fan, TV-like babble, music and kitchen sound, mixed as
-bench/corpus.py mixes its noisy variants. Each is decoded as a final by the server's
-Transcriber (bundled tiny.en), and the rules run as the server runs them.
+SURE_SPEECH_MEAN and an average log-probability under UNSURE_LOGPROB, or under
+DOUBT_LOGPROB where the audio explains under HEARD_SHARE of how unlikely the text is
+with no audio), among other rules. Its thresholds were set on the corpus's long
+recordings. This plays short prompts of one studio voice (Allison Smith's, from
+bench/corpus.py's Debian package: each alone, at -26 dBFS between quarter-second
+pads) in five rooms: quiet, and at 10 dB SNR under the corpus's fan, TV-like
+babble, music and kitchen sound, mixed as bench/corpus.py mixes its noisy variants.
+Each is decoded as a final by the server's Transcriber (bundled tiny.en), and the
+rules run as the server runs them.
 
 Printed: per room, the finals the rules dropped and their word error rate against the
 prompt's text (a dropped final counts every word lost), and, for the *voices but no
-words* rule, how many real phrases sit just above its log-probability threshold: the
-margin a lower or higher threshold would have.
+words* rule, how many real phrases sit just above its log-probability threshold, and
+how many of the doubted ones under each share of the audio explained: the margin a
+lower or higher threshold would have.
 
     uv run python bench/short_phrases.py             # 120 prompts x 5 rooms, ~4 min
     uv run python bench/short_phrases.py --prompts 0 # all 333 of up to 12 s, ~12 min
@@ -38,6 +41,7 @@ from silence_phrases import ROOMS, room_noises, said_in_rooms
 
 MAX_S = 12.0  # a short phrase; the longer prompts are read in the corpus's long files
 BANDS = [-0.75, -0.70, -0.65, -0.60, -0.55, -0.50]
+SHARES = [0.80, 0.83, 0.85, 0.87, 0.90]
 
 
 @dataclass
@@ -50,6 +54,7 @@ class Final:
     avg_logprob: float
     no_speech_prob: float
     silero_mean: float
+    prior_logprob: float  # the text's, to the model with no audio (0: no text)
 
 
 def main() -> int:
@@ -74,7 +79,8 @@ def main() -> int:
         for room, decoded, kept, pcm in said_in_rooms(model, audio[name], noises, rng):
             finals.append(Final(name, room, texts[name], decoded.text, kept,
                                 decoded.avg_logprob, decoded.no_speech_prob,
-                                invented.speech_heard(pcm).mean))
+                                invented.speech_heard(pcm).mean,
+                                model.prior_logprob(decoded.text) if decoded.text else 0.0))
         print(f"[{k}/{len(names)}] {name}", file=sys.stderr, flush=True)
     report(finals)
     return 0
@@ -114,6 +120,18 @@ def report(finals: list[Final]) -> None:
         under = [f for f in sure if f.avg_logprob < band]
         right = [f for f in under if errors(f.reference, f.text).errors == 0]
         print(f"| {band:.2f} | {len(under)} | {len(right)} |")
+    doubted = [f for f in sure if invented.UNSURE_LOGPROB <= f.avg_logprob
+               < invented.DOUBT_LOGPROB]
+    print(f"\nOf those, {len(doubted)} are doubted (log-probability {invented.UNSURE_LOGPROB}"
+          f" to {invented.DOUBT_LOGPROB}); *voices but no words* drops those whose audio "
+          f"explains under {invented.HEARD_SHARE} of their text's improbability unheard "
+          "(1 - log-probability / unheard log-probability).")
+    print("| share explained under | finals | of those, decoded right |")
+    print("|---|---|---|")
+    for share in SHARES:
+        under = [f for f in doubted if 1 - f.avg_logprob / min(f.prior_logprob, -1e-9) < share]
+        right = [f for f in under if errors(f.reference, f.text).errors == 0]
+        print(f"| {share:.2f} | {len(under)} | {len(right)} |")
     print("\nLeast sure finals kept (log-probability, room, text):")
     for f in sorted((f for f in sure if f.kept), key=lambda f: f.avg_logprob)[:8]:
         print(f"- {f.avg_logprob:.2f} {f.room}: {f.text!r} (said: {f.reference!r})")

@@ -247,7 +247,7 @@ def test_confidence_is_weighed_against_how_likely_the_words_are_unheard() -> Non
     babble = two_reversed_voices(4.0)
     model = transcriber()
     # With no audio, the model finds a silence phrase far likelier than a line of a
-    # sonnet (bench/real_speech.py: -2.0 and -7.6 a token).
+    # sonnet (-2.0 and -8.0 a token).
     assert model.prior_logprob("Thank you.") > -3 > -6 > model.prior_logprob(
         "To thy sweet self too cruel.")
     asked: list[str] = []
@@ -259,11 +259,11 @@ def test_confidence_is_weighed_against_how_likely_the_words_are_unheard() -> Non
         return unheard
 
     # The talk show's final (bench/real_speech.py): -0.66 a token, where the same
-    # words with no audio score -3.28: the audio explains 80 % of them.
+    # words with no audio score -3.3: the audio explains 80 % of them.
     said = "Are you going to be doing what?"
-    assert strip_invented(said, babble, avg_logprob=-0.66, prior=prior(-3.28)) == ""
-    # As sure of an unlikely text ("log in incorrect.": -0.58, -6.9 unheard): kept.
-    assert strip_invented(said, babble, avg_logprob=-0.66, prior=prior(-6.9)) == said
+    assert strip_invented(said, babble, avg_logprob=-0.66, prior=prior(-3.3)) == ""
+    # As sure of an unlikely text ("log in incorrect.": -0.58, -6.8 unheard): kept.
+    assert strip_invented(said, babble, avg_logprob=-0.66, prior=prior(-6.8)) == said
     # Words likelier unheard than heard are not heard at all.
     assert strip_invented(said, babble, avg_logprob=-0.66, prior=prior(-0.5)) == ""
     # Sure enough, the text is not weighed (one model call saved per final).
