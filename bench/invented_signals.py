@@ -18,6 +18,10 @@ over non-speech, it measures what the rules do not use:
   words, 1 for a word under probability 0.15, (0.133 - d) * 15 for one shorter than
   0.133 s, d - 2 for one longer than 2 s; whisper calls a segment anomalous at a
   score of 3, or of as many as it has words.
+- the share of the text's improbability with no audio that the audio explains,
+  1 - average log-probability / the text's average log-probability over a window of
+  padding (`Transcriber.prior_logprob`): what *voices but no words* now weighs a
+  doubted final by (`invented.HEARD_SHARE`).
 
 Prints each signal's range for speech and for non-speech, and the non-speech finals
 the rules keep (the invented words bench/real_speech.py counts).
@@ -146,6 +150,12 @@ def anomaly(f: Final) -> float:
     return score / len(spoken) if spoken else 0.0
 
 
+def explained(f: Final) -> float:
+    """1 - heard / unheard log-probability of `f.text` (see `invented.HEARD_SHARE`)."""
+    unheard = transcriber().prior_logprob(f.text)
+    return 1 - f.avg_logprob / unheard if unheard < 0 else 0.0
+
+
 def main() -> int:
     # No options; --help says what the script does before its minutes of decoding.
     argparse.ArgumentParser(description=__doc__,
@@ -153,10 +163,10 @@ def main() -> int:
     transcriber()
     finals = collect()
     judged = [f for f in finals if not f.speech or f.silero_mean >= invented.SURE_SPEECH_MEAN]
-    rows: list[tuple[Final, float, float, float, float]] = []
+    rows: list[tuple[Final, float, float, float, float, float]] = []
     for f in judged:
         median_p, no_speech = greedy(f.pcm, f.context)
-        rows.append((f, median_p, stable(f), no_speech, anomaly(f)))
+        rows.append((f, median_p, stable(f), no_speech, anomaly(f), explained(f)))
     print(f"{len(finals)} final decodes; judged here: "
           f"{sum(f.speech for f in judged)} of speech that Silero is sure of "
           f"(mean >= {invented.SURE_SPEECH_MEAN}), {sum(not f.speech for f in judged)} "
@@ -165,7 +175,7 @@ def main() -> int:
     print("|---|---|---|")
     names = ["average log-probability", "median token probability (greedy)",
              "words changed by 250 ms of silence before", "no-speech probability",
-             "word anomaly score per word"]
+             "word anomaly score per word", "share explained by the audio"]
     for i, name in enumerate(names):
         def values(speech: bool, i: int = i) -> list[float]:
             return sorted(r[0].avg_logprob if i == 0 else r[i] for r in rows
@@ -175,14 +185,14 @@ def main() -> int:
         print(f"| {name} | {cells[0]} | {cells[1]} |")
     print("\nThe least sure speech finals, and every non-speech final the rules keep:\n")
     print("| kind | file | seconds | log-prob | median token p | changed | no-speech p "
-          "| anomaly per word | text |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| anomaly per word | explained | text |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     shown = sorted((r for r in rows if r[0].speech), key=lambda r: r[0].avg_logprob)[:5]
     shown += [r for r in rows if not r[0].speech and r[0].kept]
-    for f, median_p, change, no_speech, odd in shown:
+    for f, median_p, change, no_speech, odd, share in shown:
         print(f"| {'speech' if f.speech else 'non-speech'} | {f.item} "
               f"| {len(f.pcm) / 16000:.1f} | {f.avg_logprob:.2f} | {median_p:.2f} "
-              f"| {change:.0%} | {no_speech:.2f} | {odd:.2f} | {f.text} |")
+              f"| {change:.0%} | {no_speech:.2f} | {odd:.2f} | {share:.2f} | {f.text} |")
     return 0
 
 
