@@ -152,8 +152,7 @@ def anomaly(f: Final) -> float:
 
 def explained(f: Final) -> float:
     """1 - heard / unheard log-probability of `f.text` (see `invented.HEARD_SHARE`)."""
-    unheard = transcriber().prior_logprob(f.text)
-    return 1 - f.avg_logprob / unheard if unheard < 0 else 0.0
+    return invented.heard_share(f.avg_logprob, transcriber().prior_logprob(f.text))
 
 
 def main() -> int:

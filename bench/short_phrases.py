@@ -129,7 +129,8 @@ def report(finals: list[Final]) -> None:
     print("| share explained under | finals | of those, decoded right |")
     print("|---|---|---|")
     for share in SHARES:
-        under = [f for f in doubted if 1 - f.avg_logprob / min(f.prior_logprob, -1e-9) < share]
+        under = [f for f in doubted
+                 if invented.heard_share(f.avg_logprob, f.prior_logprob) < share]
         right = [f for f in under if errors(f.reference, f.text).errors == 0]
         print(f"| {share:.2f} | {len(under)} | {len(right)} |")
     print("\nLeast sure finals kept (log-probability, room, text):")

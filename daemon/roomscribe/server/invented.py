@@ -193,8 +193,16 @@ def heard_too_little(text: str, avg_logprob: float,
     HEARD_SHARE of how unlikely the text is with no audio."""
     if prior is None or avg_logprob >= DOUBT_LOGPROB:
         return False
-    unheard = prior(text)
-    return unheard >= 0 or 1 - avg_logprob / unheard < HEARD_SHARE
+    return heard_share(avg_logprob, prior(text)) < HEARD_SHARE
+
+
+def heard_share(avg_logprob: float, unheard_logprob: float) -> float:
+    """The share of a text's improbability with no audio (`unheard_logprob`, per
+    token) that the audio explains: 1 - heard / unheard; 0 or less when the text is
+    no less likely unheard."""
+    if unheard_logprob >= 0:
+        return 0.0
+    return 1 - avg_logprob / unheard_logprob
 
 
 def voices_rule_judges(text: str) -> bool:
